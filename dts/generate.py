@@ -1,0 +1,103 @@
+"""The guest's device tree: QEMU's own DTB plus what the Gunyah hypervisor adds.
+
+Starts from the DTB QEMU generates for the machine (``-machine dumpdtb=``), so every device
+QEMU emulates is described exactly, and adds:
+- a no-map reserved-memory region over the EL2 shim and its mailboxes;
+- /chosen/bootargs;
+- the /hypervisor node and its Resource Manager child, per the binding of the selected driver
+  generation, built from the hypervisor's own capability table (one source of truth).
+
+Uses the ``fdt`` library, which parses QEMU's DTB (FDT_NOP records included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import fdt
+
+GIC_SPI = 0
+IRQ_TYPE_EDGE_RISING = 1
+IRQ_TYPE_LEVEL_HIGH = 4
+
+
+@dataclass(frozen=True)
+class RmNodeSpec:
+    """What the hypervisor tells the primary VM about its Resource Manager message queues."""
+    tx_capid: int        # message queue the primary sends on (Linux -> RM)
+    rx_capid: int        # message queue the primary receives on (RM -> Linux)
+    tx_spi: int          # SPI number (not INTID) of the TX "space available" interrupt
+    rx_spi: int          # SPI number of the RX "message available" interrupt
+    trigger: int = IRQ_TYPE_EDGE_RISING
+
+
+# Per driver generation: (hypervisor node compatibles, RM node compatibles).
+# v6's Linux binds nothing to the hypervisor node, so the RM child only becomes a platform
+# device when the parent is also a "simple-bus" (the real RM's DT overlay adds it too).
+BINDINGS = {
+    "v6": (["gunyah-hypervisor-1.0", "gunyah-hypervisor", "simple-bus"],
+           ["gunyah-resource-manager-1-0", "gunyah-resource-manager"]),
+    "v17": (["gunyah-hypervisor"], ["gunyah-resource-manager"]),
+}
+
+
+def _words64(value: int) -> list[int]:
+    return [(value >> 32) & 0xFFFF_FFFF, value & 0xFFFF_FFFF]
+
+
+def add_reserved_memory(tree: fdt.FDT, name: str, base: int, size: int) -> None:
+    path = "/reserved-memory"
+    if not tree.exist_node(path):
+        node = fdt.Node("reserved-memory")
+        node.append(fdt.PropWords("#address-cells", 2))
+        node.append(fdt.PropWords("#size-cells", 2))
+        node.append(fdt.Property("ranges"))
+        tree.add_item(node, "/")
+    region = fdt.Node(f"{name}@{base:x}")
+    region.append(fdt.PropWords("reg", *_words64(base), *_words64(size)))
+    region.append(fdt.Property("no-map"))
+    tree.add_item(region, path)
+
+
+def add_hypervisor_node(tree: fdt.FDT, abi: str, rm: RmNodeSpec) -> None:
+    """/hypervisor with its gunyah-resource-mgr child, per `abi`'s binding."""
+    hyp_compat, rm_compat = BINDINGS[abi]
+    if tree.exist_node("/hypervisor"):
+        tree.remove_node("hypervisor", "/")
+    hyp = fdt.Node("hypervisor")
+    hyp.append(fdt.PropStrings("compatible", *hyp_compat))
+    hyp.append(fdt.PropWords("#address-cells", 2))
+    hyp.append(fdt.PropWords("#size-cells", 0))
+    mgr = fdt.Node(f"gunyah-resource-mgr@{rm.tx_capid:x}")
+    mgr.append(fdt.PropStrings("compatible", *rm_compat))
+    mgr.append(fdt.PropWords("reg", *_words64(rm.tx_capid), *_words64(rm.rx_capid)))
+    mgr.append(fdt.PropWords("interrupts", GIC_SPI, rm.tx_spi, rm.trigger,
+                             GIC_SPI, rm.rx_spi, rm.trigger))
+    hyp.append(mgr)
+    tree.add_item(hyp, "/")
+
+
+def gic_distributor(tree: fdt.FDT) -> int:
+    """Physical address of the GICv3 distributor (first reg of the arm,gic-v3 node)."""
+    for path, _nodes, props in tree.walk():
+        for prop in props:
+            if prop.name == "compatible" and "arm,gic-v3" in list(prop):
+                reg = tree.get_property("reg", path)
+                return (reg[0] << 32) | reg[1]
+    raise ValueError("the DT has no arm,gic-v3 node")
+
+
+def build_guest_dt(base_dtb: bytes, *, reserved: list[tuple[str, int, int]],
+                   bootargs: str | None = None, abi: str | None = None,
+                   rm: RmNodeSpec | None = None) -> bytes:
+    tree = fdt.parse_dtb(base_dtb)
+    for name, base, size in reserved:
+        add_reserved_memory(tree, name, base, size)
+    if bootargs is not None:
+        tree.set_property("bootargs", bootargs, "/chosen")
+    if rm is not None:
+        add_hypervisor_node(tree, abi or "v17", rm)
+    return tree.to_dtb(version=17)
+
+
+def dtb_to_dts(dtb: bytes) -> str:
+    return fdt.parse_dtb(dtb).to_dts()

@@ -1,0 +1,57 @@
+"""The primary VM's capability space: the objects the hypervisor gives it at boot.
+
+One table, used by the hypervisor to resolve capability IDs and by ``dts`` to write the
+/hypervisor node (so the DT and the hypervisor cannot disagree).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .msgq import MessageQueue, MsgqCap
+
+if TYPE_CHECKING:
+    from .hypervisor import Hypervisor
+
+log = logging.getLogger("gunyah_sim.cspace")
+
+
+@dataclass(frozen=True)
+class QueueEnd:
+    capid: int
+    spi: int          # the primary VM's interrupt for this end (SPI number, INTID - 32)
+
+
+# Resource Manager message queues of the primary VM (DT: gunyah-resource-mgr reg/interrupts).
+RM_TX = QueueEnd(capid=0x10, spi=224)     # primary -> RM; interrupt: space available again
+RM_RX = QueueEnd(capid=0x11, spi=225)     # RM -> primary; interrupt: message available
+# A loopback queue whose both ends belong to the primary VM, for the conformance payloads.
+LOOP_TX = QueueEnd(capid=0x20, spi=226)
+LOOP_RX = QueueEnd(capid=0x21, spi=227)
+LOOP_DEPTH = 4
+
+
+class PrimaryVm:
+    def __init__(self, hv: "Hypervisor"):
+        self.hv = hv
+        self.vmid = 3       # the primary ("HLOS") VM's VMID
+        self.rm_tx = MessageQueue("rm-tx", on_not_full=lambda q: hv.raise_spi(RM_TX.spi),
+                                  consumer=self._to_rm)
+        self.rm_rx = MessageQueue("rm-rx", on_not_empty=lambda q: hv.raise_spi(RM_RX.spi))
+        self.loop = MessageQueue("loopback", depth=LOOP_DEPTH,
+                                 on_not_empty=lambda q: hv.raise_spi(LOOP_RX.spi),
+                                 on_not_full=lambda q: hv.raise_spi(LOOP_TX.spi))
+        self.cspace = {
+            RM_TX.capid: MsgqCap(self.rm_tx, "send"),
+            RM_RX.capid: MsgqCap(self.rm_rx, "receive"),
+            LOOP_TX.capid: MsgqCap(self.loop, "send"),
+            LOOP_RX.capid: MsgqCap(self.loop, "receive"),
+        }
+        self.rm_sink = None      # the Resource Manager, once one is attached
+
+    def _to_rm(self, queue: MessageQueue, message: bytes) -> None:
+        if self.rm_sink is None:
+            log.info("message of %d bytes for the RM, which is not attached: dropped", len(message))
+            return
+        self.rm_sink(message)

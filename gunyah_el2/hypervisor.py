@@ -1,0 +1,131 @@
+"""The Gunyah hypervisor's EL2 policy: every trapped call is dispatched here.
+
+``handle_exit`` takes one :class:`VcpuExit` and returns the :class:`Reply` the vCPU resumes
+with.  It never raises: a bad call from the guest gets the error code the real hypervisor
+would give, is logged, and leaves the state as it was.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from . import mmu
+from .backend import MASK64, Backend, RaiseSpi, Reply, VcpuExit
+from .calls import Call, CallTable
+from .capabilities import PrimaryVm
+from .errors import SMCCC_NOT_SUPPORTED, GunyahError, HypercallFailed
+from .trace import Tracer
+
+log = logging.getLogger("gunyah_sim.hyp")
+
+ABIS = ("v6", "v17")
+DEFAULT_ABI = "v17"
+
+
+@dataclass
+class CallContext:
+    """What a handler may use: the exit, guest memory through the caller's stage 1, actions."""
+    hv: "Hypervisor"
+    exit: VcpuExit
+    call: Call
+    actions: list = field(default_factory=list)
+
+    @property
+    def stage1(self) -> mmu.Stage1:
+        e = self.exit
+        return mmu.Stage1(ttbr0=e.ttbr0, ttbr1=e.ttbr1, tcr=e.tcr, sctlr=e.sctlr)
+
+    def _read_phys(self, addr: int, size: int) -> bytes:
+        try:
+            return self.hv.backend.read_phys(addr, size)
+        except (ValueError, OSError) as err:
+            raise HypercallFailed(GunyahError.ADDR_INVAL, str(err)) from None
+
+    def read_guest(self, va: int, size: int) -> bytes:
+        return mmu.read_virt(self.stage1, va, size, self._read_phys)
+
+    def write_guest(self, va: int, data: bytes) -> None:
+        def write_phys(addr: int, chunk: bytes) -> None:
+            try:
+                self.hv.backend.write_phys(addr, chunk)
+            except (ValueError, OSError) as err:
+                raise HypercallFailed(GunyahError.ADDR_INVAL, str(err)) from None
+        mmu.write_virt(self.stage1, va, data, self._read_phys, write_phys)
+
+
+class Hypervisor:
+    def __init__(self, backend: Backend, *, abi: str = DEFAULT_ABI, tracer: Tracer | None = None):
+        if abi not in ABIS:
+            raise ValueError(f"unknown ABI {abi!r}; choose one of {', '.join(ABIS)}")
+        self.backend = backend
+        self.abi = abi
+        self.calls = CallTable()
+        self.tracer = tracer or Tracer()
+        self.features = ("msgqueue",)          # hyp_identify reports what is implemented
+        self.events: list[dict] = []
+        self.primary = PrimaryVm(self)
+        self._unknown_seen: set[int] = set()
+        self._pending_actions: list = []     # actions of the call being handled (interrupts)
+
+    # --- notable events, for the session's report ------------------------------------------
+    def note_event(self, name: str, **info) -> None:
+        self.events.append({"event": name, **info})
+        self.tracer.event(name, **info)
+
+    # --- capability space of the calling VM -------------------------------------------------
+    def cspace_lookup(self, ctx: CallContext, capid: int):
+        cap = self.primary.cspace.get(capid)
+        if cap is None:
+            raise HypercallFailed(GunyahError.CSPACE_CAP_NULL, f"capid {capid:#x}")
+        return cap
+
+    # --- interrupts --------------------------------------------------------------------------
+    def raise_spi(self, spi: int) -> None:
+        """Raise an SPI: with the current call's reply if one is in flight, else right away."""
+        if self._in_call:
+            self._pending_actions.append(RaiseSpi(spi))
+        else:
+            self.backend.raise_spi_async(spi)
+
+    _in_call = False
+
+    # --- dispatch ----------------------------------------------------------------------------
+    def handle_exit(self, exit: VcpuExit) -> Reply:
+        started = time.perf_counter()
+        reply = Reply(x=list(exit.x), pc=exit.next_pc)
+        if exit.conduit not in ("hvc", "smc"):
+            log.error("cpu%d: unhandled exit (ESR %#x at %#x); skipping the instruction",
+                      exit.cpu, exit.esr, exit.elr)
+            reply.pc = exit.elr + 4
+            self.tracer.call(exit, "unhandled_exit", {}, {}, started)
+            return reply
+        fid = exit.x[0] & 0xFFFF_FFFF
+        call = self.calls.lookup(fid)
+        if call is None:
+            if fid not in self._unknown_seen:
+                self._unknown_seen.add(fid)
+                log.warning("cpu%d: unknown %s function ID %#010x: NOT_SUPPORTED (logged once)",
+                            exit.cpu, exit.conduit, fid)
+            reply.x[0] = SMCCC_NOT_SUPPORTED & MASK64
+            self.tracer.call(exit, "unknown", {"fid": fid}, {"x0": -1}, started)
+            return reply
+        ctx = CallContext(self, exit, call)
+        args = [exit.x[1 + i] for i in range(len(call.args))]
+        self._in_call, self._pending_actions = True, []
+        try:
+            results = call.handler(self, ctx, *args)
+        except HypercallFailed as failure:
+            log.info("cpu%d: %s failed: %s", exit.cpu, call.name, failure)
+            results = (int(failure.error),)
+        except Exception:                                   # a bug here must not kill the guest
+            log.exception("cpu%d: %s handler crashed; answering UNIMPLEMENTED", exit.cpu, call.name)
+            results = (int(GunyahError.UNIMPLEMENTED),)
+        finally:
+            self._in_call = False
+        for i, value in enumerate(results):
+            reply.x[i] = int(value) & MASK64
+        reply.actions = ctx.actions + self._pending_actions
+        self.tracer.call(exit, call.name, dict(zip(call.args, args)),
+                         dict(zip(call.results, results)), started, actions=reply.actions)
+        return reply

@@ -1,0 +1,323 @@
+"""A run: wires a QEMU machine to the Python hypervisor and watches the guest to its end.
+
+Threads: the *service* thread owns the doorbell (waits for exit records, asks the hypervisor,
+writes replies); the calling thread reads the console and decides when the run is over.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pexpect
+
+from dts import generate as dtgen
+from guest import build as guest_build
+from gunyah_el2 import capabilities
+from gunyah_el2.backend import CpuOn, ForwardSmc, RaiseSpi, Reply, VcpuExit
+from gunyah_el2.hypervisor import DEFAULT_ABI, Hypervisor
+from gunyah_el2.trace import Tracer
+
+from . import console as con
+from . import exitcodes, mailbox
+from .machine import MachineConfig, QemuError, QemuMachine, make_workdir
+from .mailbox import RawExit, RawReply
+from .transport import GdbTransport, ShmTransport, TransportClosed
+
+log = logging.getLogger("gunyah_sim.session")
+
+GICD_ISPENDR = 0x200
+DEFAULT_BOOTARGS = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr rdinit=/init"
+
+
+@dataclass
+class RunOptions:
+    kernel: Path | None = None           # default: the Debian kernel in the cache
+    initrd: Path | None = None           # default: our busybox initramfs
+    overlays: list[Path] = field(default_factory=list)
+    command: str | None = None           # run in the guest shell; None: interactive shell
+    append: str = ""
+    smp: int = 1
+    memory_mb: int = 512
+    cpu: str = "cortex-a57"
+    timeout: float = 300.0
+    transport: str = "shm"
+    abi: str = DEFAULT_ABI
+    trace: Path | None = None
+    dtb_out: Path | None = None
+    console_log: Path | None = None
+    quiet: bool = False                  # do not stream the console to stdout
+    hypervisor_node: bool = True
+    interactive: bool = False
+
+
+@dataclass
+class RunResult:
+    code: int
+    reason: str
+    guest_status: int | None = None
+    boot_seconds: float | None = None
+    seconds: float = 0.0
+    hypercalls: int = 0
+    console_tail: list[str] = field(default_factory=list)
+    trace_tail: str = ""
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    def failure_report(self) -> str:
+        lines = [f"gunyah-sim: {self.reason}", "--- last console lines ---"]
+        lines += [f"  {line}" for line in self.console_tail] or ["  (none)"]
+        lines += ["--- last trapped calls ---", self.trace_tail]
+        return "\n".join(lines)
+
+
+class QemuBackend:
+    """gunyah_el2's Backend on a QEMU machine: memory and interrupts through the transport."""
+
+    def __init__(self, transport, gicd_base: int, secondary_entry: int):
+        self.transport = transport
+        self.gicd_base = gicd_base
+        self.secondary_entry = secondary_entry
+        self.async_spis: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def read_phys(self, addr: int, size: int) -> bytes:
+        return self.transport.read_phys(addr, size)
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        self.transport.write_phys(addr, data)
+
+    def raise_spi_async(self, spi: int) -> None:
+        self.async_spis.put(spi)
+
+    def gicd_set_pending(self, spi: int) -> tuple[int, int]:
+        intid = 32 + spi
+        return self.gicd_base + GICD_ISPENDR + 4 * (intid // 32), 1 << (intid % 32)
+
+    def encode(self, reply: Reply) -> RawReply:
+        x = list(reply.x)
+        commands = []
+        for action in reply.actions:
+            if isinstance(action, ForwardSmc):
+                commands.append((mailbox.OP_SMC, 0, 0))
+            elif isinstance(action, CpuOn):
+                target = (action.target_mpidr & 0xFF) + 16 * ((action.target_mpidr >> 8) & 0xFF)
+                if target >= mailbox.MAX_CPUS:
+                    x[0] = (-2) & 0xFFFF_FFFF_FFFF_FFFF       # PSCI INVALID_PARAMETERS
+                    continue
+                self.transport.write_boot_slot(target, action.entry, action.context)
+                x[2], x[3] = self.secondary_entry, target
+                commands.append((mailbox.OP_SMC, 0, 0))
+            elif isinstance(action, RaiseSpi):
+                addr, bit = self.gicd_set_pending(action.spi)
+                commands.append((mailbox.OP_WRITE32, addr, bit))
+            else:
+                raise TypeError(f"no mailbox encoding for {action!r}")
+        return RawReply(x=x, elr=reply.pc, commands=commands)
+
+
+class ServiceThread(threading.Thread):
+    """Waits on the doorbell, runs the hypervisor, answers.  Never lets an exception escape."""
+
+    def __init__(self, transport, hv: Hypervisor, backend: QemuBackend, machine: QemuMachine):
+        super().__init__(name="gunyah-el2", daemon=True)
+        self.transport, self.hv, self.backend, self.machine = transport, hv, backend, machine
+        self.stop_requested = threading.Event()
+        self.fatal: str | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop_requested.is_set():
+                raw = self.transport.wait(0.05)
+                if raw is None:
+                    self._raise_async()
+                    continue
+                if raw.kind == mailbox.KIND_UNEXPECTED:
+                    self.fatal = (f"EL2 shim took an unexpected exception on cpu{raw.cpu}: vector "
+                                  f"{raw.x[0]:#x}, ESR_EL2 {raw.esr:#x}, ELR_EL2 {raw.elr:#x}")
+                    return
+                exit_ = VcpuExit(cpu=raw.cpu, esr=raw.esr, elr=raw.elr, spsr=raw.spsr,
+                                 x=tuple(raw.x), far=raw.far, hpfar=raw.hpfar, ttbr0=raw.ttbr0,
+                                 ttbr1=raw.ttbr1, tcr=raw.tcr, sctlr=raw.sctlr, mpidr=raw.mpidr)
+                reply = self.hv.handle_exit(exit_)
+                self.transport.reply(raw.cpu, self.backend.encode(reply), raw.seq)
+                self._raise_async()
+        except TransportClosed:
+            pass
+        except Exception as err:                          # report, do not hang the guest silently
+            if self.machine.alive():
+                log.exception("EL2 service failed")
+                self.fatal = f"internal error in the EL2 service: {err!r}"
+
+    def _raise_async(self) -> None:
+        """Interrupts raised outside a call: set them pending through the gdbstub."""
+        if self.backend.async_spis.empty():
+            return
+        gdb = self.machine.gdb
+        gdb.interrupt()
+        gdb.wait_stop(5.0)
+        gdb.physical_memory_mode(True)
+        while not self.backend.async_spis.empty():
+            addr, bit = self.backend.gicd_set_pending(self.backend.async_spis.get())
+            gdb.write_memory(addr, bit.to_bytes(4, "little"))
+        gdb.cont()
+
+
+def build_dtb(machine: QemuMachine, opts: RunOptions, bootargs: str) -> tuple[bytes, int]:
+    base = machine.dump_dtb()
+    rm = None
+    if opts.hypervisor_node:
+        rm = dtgen.RmNodeSpec(tx_capid=capabilities.RM_TX.capid, rx_capid=capabilities.RM_RX.capid,
+                              tx_spi=capabilities.RM_TX.spi, rx_spi=capabilities.RM_RX.spi)
+    dtb = dtgen.build_guest_dt(
+        base, reserved=[("gunyah-sim-el2", mailbox.RAM_BASE,
+                         mailbox.RESERVED_END - mailbox.RAM_BASE)],
+        bootargs=bootargs, abi=opts.abi, rm=rm)
+    import fdt
+    gicd = dtgen.gic_distributor(fdt.parse_dtb(dtb))
+    return dtb, gicd
+
+
+def run(opts: RunOptions) -> RunResult:
+    started = time.monotonic()
+    workdir = make_workdir()
+    tracer = Tracer(str(opts.trace) if opts.trace else None)
+    sink = con.stdout_sink(opts.quiet, str(opts.console_log) if opts.console_log else None)
+    machine: QemuMachine | None = None
+    service: ServiceThread | None = None
+    result: RunResult
+    try:
+        shim = guest_build.build_shim()
+        kernel = opts.kernel or guest_build.default_kernel()
+        token = secrets.token_hex(4)
+        if opts.initrd is not None:
+            initrd = opts.initrd
+        else:
+            base = guest_build.build_base_initramfs()
+            command = None if opts.interactive else (opts.command or "uname -a")
+            initrd = guest_build.build_run_initramfs(base, workdir / "initramfs.cpio",
+                                                     command=command, token=token,
+                                                     overlays=opts.overlays)
+        bootargs = DEFAULT_BOOTARGS + (" " + opts.append if opts.append else "")
+        config = MachineConfig(smp=opts.smp, memory_mb=opts.memory_mb, cpu=opts.cpu,
+                               shared_ram=opts.transport == "shm")
+        machine = QemuMachine(config, workdir)
+        dtb, gicd = build_dtb(machine, opts, bootargs)
+        dtb_path = workdir / "guest.dtb"
+        dtb_path.write_bytes(dtb)
+        if opts.dtb_out:
+            shutil.copyfile(dtb_path, opts.dtb_out)
+        machine.start(shim=shim.binary, dtb=dtb_path, initrd=initrd,
+                      loads=[(kernel, mailbox.GUEST_LOAD_ADDR)], logfile=sink)
+        if opts.transport == "shm":
+            transport = ShmTransport(machine.ram, opts.smp)
+        else:
+            transport = GdbTransport(machine.gdb, opts.smp, shim.symbol("doorbell"),
+                                     opts.memory_mb << 20)
+        backend = QemuBackend(transport, gicd, shim.symbol("secondary_entry"))
+        hv = Hypervisor(backend, abi=opts.abi, tracer=tracer)
+        transport.write_boot_slot(0, mailbox.GUEST_LOAD_ADDR, 0)
+        service = ServiceThread(transport, hv, backend, machine)
+        service.start()
+        if opts.interactive:
+            machine.resume()
+            result = _interact(machine, sink)
+        else:
+            machine.resume()
+            result = _watch(machine, service, token, opts, started, installed_initrd=opts.initrd is None)
+        result.hypercalls = tracer.count
+        result.events = hv.events
+    except guest_build.AssetError as err:
+        result = RunResult(exitcodes.SETUP, str(err))
+    except QemuError as err:
+        result = RunResult(exitcodes.QEMU, str(err))
+    except KeyboardInterrupt:
+        result = RunResult(exitcodes.INTERRUPTED, "interrupted (Ctrl-C); QEMU stopped")
+    finally:
+        if service is not None:
+            service.stop_requested.set()
+            service.transport.interrupted = True
+        if machine is not None:
+            machine.shutdown()
+        if service is not None:
+            service.join(2.0)
+        tracer.close()
+        sink.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    result.seconds = time.monotonic() - started
+    result.console_tail = sink.tail(20)
+    result.trace_tail = tracer.format_recent(10)
+    return result
+
+
+def _watch(machine: QemuMachine, service: ServiceThread, token: str, opts: RunOptions,
+           started: float, installed_initrd: bool) -> RunResult:
+    child = machine.child
+    deadline = started + opts.timeout
+    patterns = [con.exit_marker(token), con.ready_marker(token), *con.PANIC_PATTERNS,
+                pexpect.EOF, pexpect.TIMEOUT]
+    boot_seconds = None
+    while True:
+        if service.fatal:
+            return RunResult(exitcodes.INTERNAL, service.fatal, boot_seconds=boot_seconds)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return RunResult(exitcodes.TIMEOUT,
+                             f"timeout: the guest did not finish within {opts.timeout:g} s"
+                             + ("" if boot_seconds else " (it never reached init)"),
+                             boot_seconds=boot_seconds)
+        index = child.expect(patterns, timeout=min(0.5, remaining))
+        if index == 0:
+            status = int(child.match.group(1))
+            _wait_exit(machine, 20.0)
+            return RunResult(status, f"guest command exited with status {status}",
+                             guest_status=status, boot_seconds=boot_seconds)
+        if index == 1:
+            boot_seconds = time.monotonic() - started
+        elif index == 2:
+            line = child.match.group(0).strip()
+            try:                                   # let the rest of the oops reach the log
+                child.expect(pexpect.TIMEOUT, timeout=1.0)
+            except pexpect.EOF:
+                pass
+            return RunResult(exitcodes.PANIC, f"guest kernel panic: {line}",
+                             boot_seconds=boot_seconds)
+        elif index == 3:
+            status = machine.exit_status()
+            if service.fatal:
+                return RunResult(exitcodes.INTERNAL, service.fatal, boot_seconds=boot_seconds)
+            events = [e["event"] for e in service.hv.events]
+            if "system_off" in events or "system_reset" in events:
+                what = "powered off" if "system_off" in events else "rebooted"
+                reason = f"the guest {what} before its command reported a status"
+                if not installed_initrd:
+                    reason = f"the guest {what} (custom initramfs: no exit marker expected)"
+                return RunResult(exitcodes.GUEST_STOPPED, reason, boot_seconds=boot_seconds)
+            return RunResult(exitcodes.QEMU, f"QEMU exited unexpectedly (status {status})",
+                             boot_seconds=boot_seconds)
+
+
+def _wait_exit(machine: QemuMachine, timeout: float) -> None:
+    try:
+        machine.child.expect(pexpect.EOF, timeout=timeout)
+    except pexpect.TIMEOUT:
+        log.warning("the guest did not power off within %.0f s; stopping QEMU", timeout)
+
+
+def _interact(machine: QemuMachine, sink) -> RunResult:
+    """Hand the console to the user's terminal until the guest powers off."""
+    child = machine.child
+    child.logfile_read = None
+    try:
+        child.interact(escape_character="\x1d")      # Ctrl-] leaves
+    except OSError:
+        pass
+    return RunResult(0, "interactive session ended")

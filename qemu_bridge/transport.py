@@ -1,0 +1,147 @@
+"""The mailbox's two doorbells: how Python learns that a CPU trapped, and answers it.
+
+Both speak the one mailbox protocol (mailbox.py); they differ only in how the record and the
+reply cross:
+- ``ShmTransport`` (default): guest RAM is a shared file mapped here; Python polls each CPU's
+  ``seq_req`` and writes the reply straight into RAM.  No QEMU stop, so no translation-cache
+  flush.  Polling is adaptive: spin briefly after activity, then sleep with growing pauses.
+- ``GdbTransport`` (reference path): a gdbstub breakpoint at the shim's ``doorbell`` label;
+  records are read and replies written with ``m``/``M`` packets, then ``c<doorbell+4>``.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import time
+
+from . import mailbox
+from .gdbremote import GdbClosed, GdbRemote
+from .mailbox import RawExit, RawReply
+
+log = logging.getLogger("gunyah_sim.transport")
+
+_U64 = struct.Struct("<Q")
+
+
+class TransportClosed(Exception):
+    """QEMU went away while we were waiting."""
+
+
+class ShmTransport:
+    name = "shm"
+    SPIN_S = 0.002           # keep spinning this long after the last exit
+    SLEEP_MIN_S = 20e-6
+    SLEEP_MAX_S = 1e-3
+
+    def __init__(self, ram, ncpus: int):
+        self.ram = ram
+        self.ncpus = ncpus
+        self.ram_size = len(ram)
+        self._last_seq = [0] * ncpus
+        self._offsets = [mailbox.mailbox_address(c) - mailbox.RAM_BASE for c in range(ncpus)]
+        self._last_activity = time.perf_counter()
+        self._sleep = self.SLEEP_MIN_S
+        self.interrupted = False
+
+    def _poll_once(self) -> RawExit | None:
+        ram = self.ram
+        for cpu, off in enumerate(self._offsets):
+            seq = _U64.unpack_from(ram, off)[0]
+            if seq != self._last_seq[cpu]:
+                self._last_seq[cpu] = seq
+                return RawExit.decode(cpu, ram[off:off + mailbox.RECORD_BYTES])
+        return None
+
+    def wait(self, timeout: float) -> RawExit | None:
+        """Next exit record, or None after `timeout` seconds (or when interrupted)."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            exit_ = self._poll_once()
+            now = time.perf_counter()
+            if exit_ is not None:
+                self._last_activity = now
+                self._sleep = self.SLEEP_MIN_S
+                return exit_
+            if now >= deadline or self.interrupted:
+                return None
+            if now - self._last_activity > self.SPIN_S:
+                time.sleep(self._sleep)
+                self._sleep = min(self._sleep * 2, self.SLEEP_MAX_S)
+
+    def reply(self, cpu: int, reply: RawReply, seq: int) -> None:
+        off = self._offsets[cpu]
+        data = reply.encode()
+        start = off + mailbox.R_X0
+        self.ram[start:start + len(data)] = data
+        _U64.pack_into(self.ram, off + mailbox.SEQ_ACK, seq)   # last: releases the CPU
+
+    def write_boot_slot(self, cpu: int, entry: int, context: int) -> None:
+        off = mailbox.mailbox_address(cpu) - mailbox.RAM_BASE
+        struct.pack_into("<QQ", self.ram, off + mailbox.BOOT_ENTRY, entry, context)
+
+    def read_phys(self, addr: int, size: int) -> bytes:
+        off = addr - mailbox.RAM_BASE
+        if off < 0 or size < 0 or off + size > self.ram_size:
+            raise ValueError(f"physical range {addr:#x}+{size:#x} is not RAM")
+        return self.ram[off:off + size]
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        off = addr - mailbox.RAM_BASE
+        if off < 0 or off + len(data) > self.ram_size:
+            raise ValueError(f"physical range {addr:#x}+{len(data):#x} is not RAM")
+        self.ram[off:off + len(data)] = data
+
+
+class GdbTransport:
+    """Doorbell = breakpoint.  All memory access is physical (Qqemu.PhyMemMode:1)."""
+    name = "gdb"
+
+    def __init__(self, gdb: GdbRemote, ncpus: int, doorbell: int, ram_size: int):
+        self.gdb = gdb
+        self.ncpus = ncpus
+        self.doorbell = doorbell
+        self.ram_size = ram_size
+        self.interrupted = False
+        gdb.physical_memory_mode(True)
+        gdb.set_breakpoint(doorbell)
+        self._stopped_thread: tuple[int, int] | None = None
+
+    def wait(self, timeout: float) -> RawExit | None:
+        try:
+            stop = self.gdb.wait_stop(timeout)
+        except GdbClosed:
+            raise TransportClosed() from None
+        if stop is None:
+            return None
+        if stop.exited:
+            raise TransportClosed()
+        thread = stop.thread or (1, 1)
+        self._stopped_thread = thread
+        cpu = thread[1] - 1
+        page = self.gdb.read_memory(mailbox.mailbox_address(cpu), mailbox.RECORD_BYTES)
+        return RawExit.decode(cpu, page)
+
+    def reply(self, cpu: int, reply: RawReply, seq: int) -> None:
+        base = mailbox.mailbox_address(cpu)
+        self.gdb.write_memory(base + mailbox.R_X0, reply.encode())
+        self.gdb.write_memory(base + mailbox.SEQ_ACK, _U64.pack(seq))
+        self.gdb.select_thread(self._stopped_thread, "c")
+        self.gdb.cont(self.doorbell + 4)
+
+    def resume_without_exit(self) -> None:
+        """Continue after a stop that was not a doorbell (an interrupt we asked for)."""
+        self.gdb.cont()
+
+    def write_boot_slot(self, cpu: int, entry: int, context: int) -> None:
+        self.gdb.write_memory(mailbox.mailbox_address(cpu) + mailbox.BOOT_ENTRY,
+                              struct.pack("<QQ", entry, context))
+
+    def read_phys(self, addr: int, size: int) -> bytes:
+        if addr < mailbox.RAM_BASE or addr + size > mailbox.RAM_BASE + self.ram_size:
+            raise ValueError(f"physical range {addr:#x}+{size:#x} is not RAM")
+        return self.gdb.read_memory(addr, size)
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        if addr < mailbox.RAM_BASE or addr + len(data) > mailbox.RAM_BASE + self.ram_size:
+            raise ValueError(f"physical range {addr:#x}+{len(data):#x} is not RAM")
+        self.gdb.write_memory(addr, data)
