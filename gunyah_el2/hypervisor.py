@@ -105,8 +105,11 @@ class Hypervisor:
         if call is None:
             if fid not in self._unknown_seen:
                 self._unknown_seen.add(fid)
-                log.warning("cpu%d: unknown %s function ID %#010x: NOT_SUPPORTED (logged once)",
-                            exit.cpu, exit.conduit, fid)
+                # Unknown Gunyah (vendor hypervisor) calls matter to a driver developer; other
+                # owners' probes (TRNG, SoC ID, firmware calls) are routine.
+                level = logging.WARNING if (fid >> 24) & 0x3F == 6 else logging.INFO
+                log.log(level, "cpu%d: unknown %s function ID %#010x: NOT_SUPPORTED "
+                        "(logged once)", exit.cpu, exit.conduit, fid)
             reply.x[0] = SMCCC_NOT_SUPPORTED & MASK64
             self.tracer.call(exit, "unknown", {"fid": fid}, {"x0": -1}, started)
             return reply

@@ -1,0 +1,21 @@
+"""`python -m guest.build_all`: build every guest-side artefact into the cache (idempotent)."""
+from __future__ import annotations
+
+import sys
+
+from . import build
+
+
+def main() -> int:
+    try:
+        shim = build.build_shim()
+        initramfs = build.build_base_initramfs()
+    except build.AssetError as err:
+        print(f"setup: {err}", file=sys.stderr)
+        return 1
+    print(f"setup: shim {shim.binary}, initramfs {initramfs}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
