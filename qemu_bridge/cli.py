@@ -5,6 +5,7 @@ Subcommands share option names (see `gunyah-sim SUBCOMMAND --help`) and exit cod
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -21,11 +22,24 @@ Gunyah hypervisor (and its Resource Manager).  Defaults: Debian 12's arm64 kerne
 initramfs, both prepared by scripts/setup into ~/.cache/gunyah-sim ($GUNYAH_SIM_CACHE)."""
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default only where there is one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in text \
+                and action.option_strings and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
 
 
-def _machine_options(p: argparse.ArgumentParser) -> None:
+# Subcommands that live in their own module: each has add_parser(subparsers) which registers
+# the subcommand and sets `func` (args -> exit code).  Shared option groups are the public
+# helpers below (machine_options, run_options, add_verbose) so that names stay the same.
+SUBCOMMAND_MODULES: list[str] = []
+
+
+def machine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guest and machine")
     g.add_argument("--kernel", type=Path, metavar="IMAGE",
                    help="arm64 Image to boot (default: Debian 12's kernel from the cache)")
@@ -41,7 +55,7 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
                    help="Gunyah driver generation to serve (UID encoding and DT binding)")
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
+def run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run control and output")
     g.add_argument("--timeout", type=float, default=300.0, metavar="S",
                    help="give up after S seconds (exit code 124)")
@@ -54,51 +68,53 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="do not stream the console")
 
 
-def _add_verbose(p: argparse.ArgumentParser) -> None:
+def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more log output (-vv: debug)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gunyah-sim", description=DESCRIPTION,
-                                     epilog=exitcodes.help_text(), formatter_class=_Formatter)
-    _add_verbose(parser)
+                                     epilog=exitcodes.help_text(), formatter_class=Formatter)
+    add_verbose(parser)
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
-    run = sub.add_parser("run", help="boot a guest", formatter_class=_Formatter,
+    run = sub.add_parser("run", help="boot a guest", formatter_class=Formatter,
                          epilog=exitcodes.help_text(),
                          description="Boot the guest and stream its console.  Without --exec "
                          "the default guest runs 'uname -a' and powers off; with --shell you "
                          "get an interactive shell (Ctrl-] leaves).")
-    _add_verbose(run)
+    add_verbose(run)
     run.add_argument("--exec", dest="exec_cmd", metavar="CMD",
                      help="run CMD in the guest shell; exit with its status")
     run.add_argument("--shell", action="store_true", help="interactive shell on the console")
-    _machine_options(run)
-    _run_options(run)
+    machine_options(run)
+    run_options(run)
     run.set_defaults(func=cmd_run)
 
     dt = sub.add_parser("dt", help="show or validate the guest device tree",
-                        formatter_class=_Formatter, epilog=exitcodes.help_text())
-    _add_verbose(dt)
+                        formatter_class=Formatter, epilog=exitcodes.help_text())
+    add_verbose(dt)
     dsub = dt.add_subparsers(dest="dt_command", metavar="ACTION", required=True)
-    show = dsub.add_parser("show", help="print the guest DT as DTS", formatter_class=_Formatter)
-    _add_verbose(show)
-    _machine_options(show)
+    show = dsub.add_parser("show", help="print the guest DT as DTS", formatter_class=Formatter)
+    add_verbose(show)
+    machine_options(show)
     show.add_argument("--dtb-out", type=Path, metavar="FILE", help="also save the DTB to FILE")
     show.set_defaults(func=cmd_dt_show)
-    val = dsub.add_parser("validate", formatter_class=_Formatter,
+    val = dsub.add_parser("validate", formatter_class=Formatter,
                           help="validate a DT against the Gunyah binding with dtschema",
                           description="Exit 0 when the DT satisfies the binding, 1 with "
                           "dtschema's messages when it does not.")
-    _add_verbose(val)
-    _machine_options(val)
+    add_verbose(val)
+    machine_options(val)
     val.add_argument("--dtb", type=Path, metavar="FILE",
                      help="DTB to check (default: the DT gunyah-sim generates for --abi)")
     val.add_argument("--bindings", type=Path, metavar="DIR",
                      help="a kernel tree's Documentation/devicetree/bindings (default: the "
                      "project's own Gunyah binding for --abi)")
     val.set_defaults(func=cmd_dt_validate)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"qemu_bridge.{name}").add_parser(sub)
     return parser
 
 
@@ -108,7 +124,7 @@ def _setup_logging(verbose: int) -> None:
                         stream=sys.stderr)
 
 
-def _run_options_from(args) -> "RunOptions":
+def run_options_from(args) -> "RunOptions":
     from .session import RunOptions
     return RunOptions(
         kernel=args.kernel, initrd=args.initrd, overlays=args.overlay, append=args.append,
@@ -118,7 +134,7 @@ def _run_options_from(args) -> "RunOptions":
         console_log=getattr(args, "console_log", None), quiet=getattr(args, "quiet", False))
 
 
-def _check_machine_args(args) -> str | None:
+def check_machine_args(args) -> str | None:
     from . import mailbox
     if not 1 <= args.smp <= mailbox.MAX_CPUS:
         return f"--smp must be 1..{mailbox.MAX_CPUS}"
@@ -132,7 +148,7 @@ def _check_machine_args(args) -> str | None:
 
 def cmd_run(args) -> int:
     from .session import run
-    problem = _check_machine_args(args)
+    problem = check_machine_args(args)
     if problem is None and args.initrd is not None and (args.exec_cmd or args.overlay):
         problem = "--exec and --overlay need the default initramfs (drop --initrd)"
     if problem is None and args.shell and args.exec_cmd:
@@ -140,7 +156,7 @@ def cmd_run(args) -> int:
     if problem:
         print(f"gunyah-sim run: {problem}", file=sys.stderr)
         return exitcodes.USAGE
-    opts = _run_options_from(args)
+    opts = run_options_from(args)
     opts.command = args.exec_cmd
     opts.interactive = args.shell
     result = run(opts)
@@ -155,16 +171,16 @@ def cmd_run(args) -> int:
 
 def cmd_dt_show(args) -> int:
     from . import dtcmd
-    problem = _check_machine_args(args)
+    problem = check_machine_args(args)
     if problem:
         print(f"gunyah-sim dt show: {problem}", file=sys.stderr)
         return exitcodes.USAGE
-    return dtcmd.show(_run_options_from(args))
+    return dtcmd.show(run_options_from(args))
 
 
 def cmd_dt_validate(args) -> int:
     from . import dtcmd
-    problem = _check_machine_args(args)
+    problem = check_machine_args(args)
     if problem is None and args.dtb is not None and not args.dtb.exists():
         problem = f"{args.dtb} does not exist"
     if problem is None and args.bindings is not None and not args.bindings.is_dir():
@@ -172,7 +188,7 @@ def cmd_dt_validate(args) -> int:
     if problem:
         print(f"gunyah-sim dt validate: {problem}", file=sys.stderr)
         return exitcodes.USAGE
-    return dtcmd.validate(_run_options_from(args), dtb=args.dtb, bindings=args.bindings)
+    return dtcmd.validate(run_options_from(args), dtb=args.dtb, bindings=args.bindings)
 
 
 def main(argv: list[str] | None = None) -> int:
