@@ -76,14 +76,30 @@ def add_hypervisor_node(tree: fdt.FDT, abi: str, rm: RmNodeSpec) -> None:
     tree.add_item(hyp, "/")
 
 
-def gic_distributor(tree: fdt.FDT) -> int:
-    """Physical address of the GICv3 distributor (first reg of the arm,gic-v3 node)."""
+def _find_compatible(tree: fdt.FDT, compatible: str) -> str:
     for path, _nodes, props in tree.walk():
         for prop in props:
-            if prop.name == "compatible" and "arm,gic-v3" in list(prop):
-                reg = tree.get_property("reg", path)
-                return (reg[0] << 32) | reg[1]
-    raise ValueError("the DT has no arm,gic-v3 node")
+            if prop.name == "compatible" and compatible in list(prop):
+                return path
+    raise ValueError(f"the DT has no {compatible} node")
+
+
+def _reg_address(tree: fdt.FDT, path: str, index: int = 0) -> int:
+    """Address of the index-th reg entry (2 address cells, 2 size cells, as on virt)."""
+    reg = tree.get_property("reg", path)
+    return (reg[4 * index] << 32) | reg[4 * index + 1]
+
+
+def gic_distributor(tree: fdt.FDT) -> int:
+    """Physical address of the GICv3 distributor (first reg of the arm,gic-v3 node)."""
+    return _reg_address(tree, _find_compatible(tree, "arm,gic-v3"))
+
+
+def platform_addresses(tree: fdt.FDT) -> dict[str, int]:
+    """The devices bare-metal payloads drive: GIC distributor, redistributors, PL011."""
+    gic = _find_compatible(tree, "arm,gic-v3")
+    return {"gicd": _reg_address(tree, gic, 0), "gicr": _reg_address(tree, gic, 1),
+            "uart": _reg_address(tree, _find_compatible(tree, "arm,pl011"))}
 
 
 def build_guest_dt(base_dtb: bytes, *, reserved: list[tuple[str, int, int]],

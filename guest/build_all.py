@@ -10,10 +10,12 @@ def main() -> int:
     try:
         shim = build.build_shim()
         initramfs = build.build_base_initramfs()
+        payloads = [build.build_payload(name) for name in build.payload_names()]
     except build.AssetError as err:
         print(f"setup: {err}", file=sys.stderr)
         return 1
-    print(f"setup: shim {shim.binary}, initramfs {initramfs}", file=sys.stderr)
+    print(f"setup: shim {shim.binary}, initramfs {initramfs}, {len(payloads)} payloads",
+          file=sys.stderr)
     return 0
 
 

@@ -30,6 +30,22 @@ RM_RX = QueueEnd(capid=0x11, spi=225)     # RM -> primary; interrupt: message av
 LOOP_TX = QueueEnd(capid=0x20, spi=226)
 LOOP_RX = QueueEnd(capid=0x21, spi=227)
 LOOP_DEPTH = 4
+# Capability IDs are slot indices (the real hypervisor's debug encoding): IDs at or above
+# CSPACE_SLOTS do not decode (ARGUMENT_INVALID); a slot with no capability is CAP_NULL.
+CSPACE_SLOTS = 1024
+EMPTY_SLOT_CAPID = 0x30
+
+
+def c_header() -> str:
+    """The constants bare-metal payloads need, as a C header (built by guest/build.py)."""
+    values = {
+        "RM_TX_CAPID": RM_TX.capid, "RM_RX_CAPID": RM_RX.capid,
+        "RM_TX_SPI": RM_TX.spi, "RM_RX_SPI": RM_RX.spi,
+        "LOOP_TX_CAPID": LOOP_TX.capid, "LOOP_RX_CAPID": LOOP_RX.capid,
+        "LOOP_TX_SPI": LOOP_TX.spi, "LOOP_RX_SPI": LOOP_RX.spi, "LOOP_DEPTH": LOOP_DEPTH,
+        "EMPTY_SLOT_CAPID": EMPTY_SLOT_CAPID,
+    }
+    return "".join(f"#define GSIM_{k} {v:#x}ull\n" for k, v in values.items())
 
 
 class PrimaryVm:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from . import mmu
 from .backend import MASK64, Backend, RaiseSpi, Reply, VcpuExit
 from .calls import Call, CallTable
-from .capabilities import PrimaryVm
+from .capabilities import CSPACE_SLOTS, PrimaryVm
 from .errors import SMCCC_NOT_SUPPORTED, GunyahError, HypercallFailed
 from .trace import Tracer
 
@@ -75,6 +75,13 @@ class Hypervisor:
 
     # --- capability space of the calling VM -------------------------------------------------
     def cspace_lookup(self, ctx: CallContext, capid: int):
+        """Resolve a capability ID in the caller's cspace, with the real lookup's errors.
+
+        Capability IDs are slot indices here (the real hypervisor's debug encoding); an ID
+        that does not decode to a slot is ARG_INVAL, an empty slot CSPACE_CAP_NULL.
+        """
+        if not 0 <= capid < CSPACE_SLOTS:
+            raise HypercallFailed(GunyahError.ARG_INVAL, f"capid {capid:#x} does not decode")
         cap = self.primary.cspace.get(capid)
         if cap is None:
             raise HypercallFailed(GunyahError.CSPACE_CAP_NULL, f"capid {capid:#x}")
@@ -120,7 +127,8 @@ class Hypervisor:
             results = call.handler(self, ctx, *args)
         except HypercallFailed as failure:
             log.info("cpu%d: %s failed: %s", exit.cpu, call.name, failure)
-            results = (int(failure.error),)
+            # x0 carries the error; the call's other result registers read as zero.
+            results = (int(failure.error),) + (0,) * (len(call.results) - 1)
         except Exception:                                   # a bug here must not kill the guest
             log.exception("cpu%d: %s handler crashed; answering UNIMPLEMENTED", exit.cpu, call.name)
             results = (int(GunyahError.UNIMPLEMENTED),)

@@ -30,11 +30,12 @@ def uid_registers(abi: str) -> tuple[int, int, int, int]:
 # hyp_identify: x0 = api_info, x1..x3 = feature flag words.
 API_VERSION = 1
 API_INFO_IS_64BIT = 1 << 15
-API_INFO = API_VERSION | API_INFO_IS_64BIT        # little endian, variant 0
+API_VARIANT_GUNYAH = 0x48                          # the open-source build (0x51: Qualcomm's)
+API_INFO = API_VERSION | API_INFO_IS_64BIT | (API_VARIANT_GUNYAH << 56)   # little endian
 
 FEATURE_BITS = {
     "cspace": 0, "doorbell": 1, "msgqueue": 2, "vic": 3, "vpm": 4, "vcpu": 5, "memextent": 6,
-    "trace": 7,
+    "trace": 7, "watchdog": 8, "virtio_mmio": 9, "prng": 10, "vcpu_run": 11,
 }
 
 

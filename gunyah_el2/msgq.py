@@ -22,8 +22,8 @@ log = logging.getLogger("gunyah_sim.msgq")
 
 MAX_MSG_SIZE = 240        # bytes; what Linux's drivers allocate and what the RM queues use
 DEFAULT_DEPTH = 8         # the RM's queues to the primary VM
-TX_FLAG_PUSH = 1 << 0
-TX_FLAGS_VALID = TX_FLAG_PUSH
+NOT_EMPTY_THRESHOLD = 1   # the hypervisor's default; the RM never changes it
+TX_FLAG_PUSH = 1 << 0     # other flag bits are ignored, as the real hypervisor does
 
 
 @dataclass
@@ -42,18 +42,21 @@ class MessageQueue:
     def full(self) -> bool:
         return len(self.messages) >= self.depth
 
-    def send(self, data: bytes, push: bool = True) -> bool:
-        """Queue one message; returns "ready" (not full afterwards)."""
+    def send(self, data: bytes, push: bool = False) -> bool:
+        """Queue one message; returns "ready" (not full afterwards).
+
+        The receiver's interrupt is raised as the real hypervisor raises it: on a push, or
+        when the count reaches the not-empty threshold (1: the empty -> non-empty edge).
+        """
         if len(data) > self.max_msg_size:
             raise HypercallFailed(GunyahError.ARG_SIZE,
                                   f"{len(data)}-byte message, limit {self.max_msg_size}")
         if self.full:
             raise HypercallFailed(GunyahError.MSGQUEUE_FULL, f"{self.name} holds {self.depth}")
-        was_empty = not self.messages
         self.messages.append(bytes(data))
         if self.consumer is not None:
             self.consumer(self, self.messages.popleft())
-        elif was_empty and self.on_not_empty is not None:
+        elif (push or len(self.messages) == NOT_EMPTY_THRESHOLD) and self.on_not_empty:
             self.on_not_empty(self)
         return not self.full
 
@@ -64,9 +67,9 @@ class MessageQueue:
         if len(self.messages[0]) > buf_size:
             raise HypercallFailed(GunyahError.ARG_SIZE,
                                   f"{len(self.messages[0])}-byte message, buffer {buf_size}")
-        was_full = self.full
         data = self.messages.popleft()
-        if was_full and self.on_not_full is not None:
+        # The sender's interrupt: the count fell to the not-full threshold (depth - 1).
+        if len(self.messages) == self.depth - 1 and self.on_not_full is not None:
             self.on_not_full(self)
         return data, bool(self.messages)
 
@@ -79,7 +82,7 @@ class MsgqCap:
 
 
 def _lookup(hv: "Hypervisor", ctx: "CallContext", capid: int, right: str) -> MessageQueue:
-    cap = hv.cspace_lookup(ctx, capid)
+    cap = hv.cspace_lookup(ctx, capid)    # undecodable: ARG_INVAL; empty slot: CAP_NULL
     if not isinstance(cap, MsgqCap):
         raise HypercallFailed(GunyahError.CSPACE_WRONG_OBJ_TYPE, f"capid {capid:#x}")
     if cap.right != right:
@@ -90,8 +93,6 @@ def _lookup(hv: "Hypervisor", ctx: "CallContext", capid: int, right: str) -> Mes
 def hvc_msgq_send(hv: "Hypervisor", ctx: "CallContext", capid: int, size: int, data: int,
                   send_flags: int) -> tuple[int, ...]:
     queue = _lookup(hv, ctx, capid, "send")
-    if send_flags & ~TX_FLAGS_VALID:
-        raise HypercallFailed(GunyahError.ARG_INVAL, f"send flags {send_flags:#x}")
     if size > queue.max_msg_size:
         raise HypercallFailed(GunyahError.ARG_SIZE, f"{size} > {queue.max_msg_size}")
     payload = ctx.read_guest(data, size)

@@ -100,17 +100,26 @@ class GdbRemote:
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return False
-        chunk = self.sock.recv(65536)
+        try:
+            chunk = self.sock.recv(65536)
+        except OSError as err:
+            raise GdbClosed(f"gdbstub connection lost: {err}") from None
         if not chunk:
             raise GdbClosed("gdbstub closed the connection")
         self._buf += chunk
         return True
 
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as err:
+            raise GdbClosed(f"gdbstub connection lost: {err}") from None
+
     def send_packet(self, payload: bytes | str) -> None:
         if isinstance(payload, str):
             payload = payload.encode()
         body = _escape(payload)
-        self.sock.sendall(b"$" + body + b"#%02x" % _checksum(body))
+        self._send(b"$" + body + b"#%02x" % _checksum(body))
 
     def read_packet(self, timeout: float | None = -1.0) -> bytes | None:
         """Next packet's payload (acks are consumed); None on timeout (timeout=None: block)."""
@@ -124,7 +133,7 @@ class GdbRemote:
                 if end >= 0 and len(self._buf) >= end + 3:
                     body = bytes(self._buf[start + 1:end])
                     del self._buf[:end + 3]
-                    self.sock.sendall(b"+")
+                    self._send(b"+")
                     return _unescape(body)
             else:
                 self._buf.clear() if self._buf and set(self._buf) <= set(b"+-") else None
@@ -230,7 +239,7 @@ class GdbRemote:
         self.send_packet("c" if addr is None else f"c{addr:x}")
 
     def interrupt(self) -> None:
-        self.sock.sendall(b"\x03")
+        self._send(b"\x03")
 
     def wait_stop(self, timeout: float | None) -> StopReply | None:
         packet = self.read_packet(timeout)

@@ -22,6 +22,8 @@ RAM_BASE = 0x4000_0000
 SHIM_BASE = RAM_BASE + 0x20_0000
 MAILBOX_BASE = SHIM_BASE + 0x1_0000      # one page per physical CPU
 STACK_BASE = SHIM_BASE + 0x2_0000        # one page of EL2 stack per physical CPU
+PAYLOAD_PARAMS = SHIM_BASE + 0x3_0000    # parameter block for bare-metal test payloads
+PARAMS_MAGIC = 0x4D52_4150_4D49_5347     # "GSIMPARM" read as a little-endian u64
 MAILBOX_SIZE = 0x1000
 MAX_CPUS = 8
 # Everything from RAM_BASE up to here is hidden from the guest (DT reserved-memory, no-map).
@@ -69,7 +71,7 @@ OP_MSR = 4       # write b to the EL2 system register numbered a in MSR_REGISTER
 MSR_REGISTERS = ("hcr_el2", "vttbr_el2", "vtcr_el2", "cnthctl_el2")
 
 _LAYOUT_NAMES = (
-    "RAM_BASE SHIM_BASE MAILBOX_BASE STACK_BASE MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "
+    "RAM_BASE SHIM_BASE MAILBOX_BASE STACK_BASE PAYLOAD_PARAMS MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "
     "SEQ_REQ SEQ_ACK KIND ESR ELR SPSR FAR HPFAR X0 TTBR0_EL1 TTBR1_EL1 TCR_EL1 SCTLR_EL1 MPIDR "
     "R_X0 R_ELR NCMDS CMDS CMD_SIZE MAX_CMDS BOOT_ENTRY BOOT_CONTEXT KIND_SYNC KIND_UNEXPECTED "
     "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR"
@@ -84,6 +86,11 @@ def assembler_constants() -> str:
     for index, reg in enumerate(MSR_REGISTERS):
         lines.append(f".equ MSR_{reg.upper()}, {index}")
     return "\n".join(lines) + "\n"
+
+
+def payload_params(abi: str, ncpus: int, gicd: int, gicr: int, uart: int) -> bytes:
+    """The block bare-metal payloads read at PAYLOAD_PARAMS (guest/payloads/lib.h)."""
+    return struct.pack("<6Q", PARAMS_MAGIC, int(abi.lstrip("v")), ncpus, gicd, gicr, uart)
 
 
 def mailbox_address(cpu: int) -> int:

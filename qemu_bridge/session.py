@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pexpect
 
@@ -55,6 +56,11 @@ class RunOptions:
     quiet: bool = False                  # do not stream the console to stdout
     hypervisor_node: bool = True
     interactive: bool = False
+    # polled about twice a second while the guest runs; a returned reason ends the run with
+    # exit code 124 (timeout) and that reason (`gunyah-sim test`: per-phase timeouts)
+    watchdog: Callable[[], str | None] | None = None
+    bare_metal: bool = False             # `kernel` is a test payload: no initramfs; it ends
+                                         # by powering off, which is then a success
 
 
 @dataclass
@@ -171,7 +177,7 @@ class ServiceThread(threading.Thread):
         gdb.cont()
 
 
-def build_dtb(machine: QemuMachine, opts: RunOptions, bootargs: str) -> tuple[bytes, int]:
+def build_dtb(machine: QemuMachine, opts: RunOptions, bootargs: str) -> tuple[bytes, dict]:
     base = machine.dump_dtb()
     rm = None
     if opts.hypervisor_node:
@@ -182,8 +188,7 @@ def build_dtb(machine: QemuMachine, opts: RunOptions, bootargs: str) -> tuple[by
                          mailbox.RESERVED_END - mailbox.RAM_BASE)],
         bootargs=bootargs, abi=opts.abi, rm=rm)
     import fdt
-    gicd = dtgen.gic_distributor(fdt.parse_dtb(dtb))
-    return dtb, gicd
+    return dtb, dtgen.platform_addresses(fdt.parse_dtb(dtb))
 
 
 def run(opts: RunOptions) -> RunResult:
@@ -198,7 +203,7 @@ def run(opts: RunOptions) -> RunResult:
         shim = guest_build.build_shim()
         kernel = opts.kernel or guest_build.default_kernel()
         token = secrets.token_hex(4)
-        if opts.initrd is not None:
+        if opts.initrd is not None or opts.bare_metal:
             initrd = opts.initrd
         else:
             base = guest_build.build_base_initramfs()
@@ -210,7 +215,7 @@ def run(opts: RunOptions) -> RunResult:
         config = MachineConfig(smp=opts.smp, memory_mb=opts.memory_mb, cpu=opts.cpu,
                                shared_ram=opts.transport == "shm")
         machine = QemuMachine(config, workdir)
-        dtb, gicd = build_dtb(machine, opts, bootargs)
+        dtb, platform = build_dtb(machine, opts, bootargs)
         dtb_path = workdir / "guest.dtb"
         dtb_path.write_bytes(dtb)
         if opts.dtb_out:
@@ -222,9 +227,12 @@ def run(opts: RunOptions) -> RunResult:
         else:
             transport = GdbTransport(machine.gdb, opts.smp, shim.symbol("doorbell"),
                                      opts.memory_mb << 20)
-        backend = QemuBackend(transport, gicd, shim.symbol("secondary_entry"))
+        backend = QemuBackend(transport, platform["gicd"], shim.symbol("secondary_entry"))
         hv = Hypervisor(backend, abi=opts.abi, tracer=tracer)
         transport.write_boot_slot(0, mailbox.GUEST_LOAD_ADDR, 0)
+        if opts.bare_metal:
+            transport.write_phys(mailbox.PAYLOAD_PARAMS, mailbox.payload_params(
+                opts.abi, opts.smp, platform["gicd"], platform["gicr"], platform["uart"]))
         service = ServiceThread(transport, hv, backend, machine)
         service.start()
         if opts.interactive:
@@ -232,7 +240,8 @@ def run(opts: RunOptions) -> RunResult:
             result = _interact(machine, sink)
         else:
             machine.resume()
-            result = _watch(machine, service, token, opts, started, installed_initrd=opts.initrd is None)
+            result = _watch(machine, service, token, opts, started,
+                            installed_initrd=opts.initrd is None and not opts.bare_metal)
         result.hypercalls = tracer.count
         result.events = hv.events
     except guest_build.AssetError as err:
@@ -268,6 +277,10 @@ def _watch(machine: QemuMachine, service: ServiceThread, token: str, opts: RunOp
     while True:
         if service.fatal:
             return RunResult(exitcodes.INTERNAL, service.fatal, boot_seconds=boot_seconds)
+        if opts.watchdog is not None:
+            reason = opts.watchdog()
+            if reason:
+                return RunResult(exitcodes.TIMEOUT, reason, boot_seconds=boot_seconds)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return RunResult(exitcodes.TIMEOUT,
@@ -295,6 +308,8 @@ def _watch(machine: QemuMachine, service: ServiceThread, token: str, opts: RunOp
             if service.fatal:
                 return RunResult(exitcodes.INTERNAL, service.fatal, boot_seconds=boot_seconds)
             events = [e["event"] for e in service.hv.events]
+            if opts.bare_metal and "system_off" in events:
+                return RunResult(exitcodes.OK, "the payload powered off")
             if "system_off" in events or "system_reset" in events:
                 what = "powered off" if "system_off" in events else "rebooted"
                 reason = f"the guest {what} before its command reported a status"
