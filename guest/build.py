@@ -112,7 +112,7 @@ def build_payload(name: str, out_dir: Path | None = None) -> Path:
     if not header.exists() or header.read_text() != text:
         header.write_text(text)
     sources = [PAYLOAD_DIR / f"{name}.c"] + [PAYLOAD_DIR / c for c in PAYLOAD_COMMON]
-    deps = sources + [PAYLOAD_DIR / "lib.h", PAYLOAD_DIR / "payload.ld", header]
+    deps = sources + sorted(PAYLOAD_DIR.glob("*.[chS]")) + [PAYLOAD_DIR / "payload.ld", header]
     elf, binary = out / f"{name}.elf", out / f"{name}.bin"
     if not _newer(binary, *deps):
         if shutil.which(CROSS + "gcc") is None:
@@ -123,6 +123,11 @@ def build_payload(name: str, out_dir: Path | None = None) -> Path:
               "-o", str(elf), *map(str, sources)])
         _run([CROSS + "objcopy", "-O", "binary", str(elf), str(binary)])
     return binary
+
+
+def payload_elf(name: str) -> Path:
+    build_payload(name)
+    return cache_dir() / "build" / "payloads" / f"{name}.elf"
 
 
 # --- initramfs ------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ EC_HVC64 = 0x16
 EC_SMC64 = 0x17
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+_CONDUITS = {EC_HVC64: "hvc", EC_SMC64: "smc"}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)          # built once per trap: a plain slotted class is the cheapest
 class VcpuExit:
     """One trap of a vCPU to EL2, as the shim recorded it."""
     cpu: int                 # physical CPU index (mailbox number)
@@ -39,7 +40,8 @@ class VcpuExit:
 
     @property
     def conduit(self) -> str:
-        return {EC_HVC64: "hvc", EC_SMC64: "smc"}.get(self.ec, f"ec{self.ec:#x}")
+        ec = (self.esr >> 26) & 0x3F
+        return _CONDUITS.get(ec) or f"ec{ec:#x}"
 
     @property
     def next_pc(self) -> int:
@@ -67,7 +69,7 @@ class RaiseSpi:
     spi: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Reply:
     x: list[int]
     pc: int

@@ -23,7 +23,7 @@ ABIS = ("v6", "v17")
 DEFAULT_ABI = "v17"
 
 
-@dataclass
+@dataclass(slots=True)
 class CallContext:
     """What a handler may use: the exit, guest memory through the caller's stage 1, actions."""
     hv: "Hypervisor"

@@ -35,23 +35,38 @@ class Tracer:
 
     def call(self, exit, name: str, args: dict, results: dict, started: float,
              actions: list = ()) -> None:
-        now = time.perf_counter()
+        """Called on the hot path: keeps raw values; records are built only when read."""
         self.count += 1
-        record = {"t": round(started - self.t0, 6), "cpu": exit.cpu, "conduit": exit.conduit,
+        raw = (started, time.perf_counter(), exit.cpu, exit.conduit, name, args, results,
+               actions)
+        with self._lock:
+            self.recent.append(raw)
+            if self._file is not None:
+                self._file.write(json.dumps(self._record(raw), default=_jsonable) + "\n")
+
+    def _record(self, raw) -> dict:
+        if isinstance(raw, dict):
+            return raw
+        started, ended, cpu, conduit, name, args, results, actions = raw
+        record = {"t": round(started - self.t0, 7), "cpu": cpu, "conduit": conduit,
                   "call": name, "args": {k: _jsonable(v) for k, v in args.items()},
                   "results": {k: _jsonable(v) for k, v in results.items()},
-                  "py_us": round((now - started) * 1e6, 1)}
+                  "py_us": round((ended - started) * 1e6, 1)}
         if actions:
             record["actions"] = [repr(a) for a in actions]
-        self._emit(record)
+        return record
 
     def event(self, name: str, **info) -> None:
         self._emit({"t": round(time.perf_counter() - self.t0, 6), "event": name,
                     **{k: _jsonable(v) for k, v in info.items()}})
 
+    def records(self) -> list[dict]:
+        with self._lock:
+            return [self._record(r) for r in self.recent]
+
     def format_recent(self, n: int = 10) -> str:
         lines = []
-        for r in list(self.recent)[-n:]:
+        for r in self.records()[-n:]:
             if "event" in r:
                 lines.append(f"  {r['t']:10.6f}  event {r['event']}")
                 continue

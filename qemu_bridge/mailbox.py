@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from gunyah_el2.backend import VcpuExit
+
 # Physical memory map of the bottom of guest RAM (QEMU virt: RAM starts at 0x4000_0000).
 RAM_BASE = 0x4000_0000
 # QEMU puts its own 4 KiB boot stub at RAM_BASE and loads an arm64 Image whose text_offset is
@@ -102,33 +104,15 @@ def mailbox_address(cpu: int) -> int:
 _RECORD = struct.Struct("<8Q8Q5Q")   # SEQ_REQ..HPFAR, x0..x7, TTBR0..MPIDR
 
 
-@dataclass
-class RawExit:
-    """An exit record exactly as the shim wrote it."""
-    cpu: int
-    seq: int
-    kind: int
-    esr: int
-    elr: int
-    spsr: int
-    far: int
-    hpfar: int
-    x: list[int]
-    ttbr0: int
-    ttbr1: int
-    tcr: int
-    sctlr: int
-    mpidr: int
-
-    @classmethod
-    def decode(cls, cpu: int, page: bytes) -> "RawExit":
-        v = _RECORD.unpack_from(page, 0)
-        return cls(cpu=cpu, seq=v[0], kind=v[2], esr=v[3], elr=v[4], spsr=v[5], far=v[6],
-                   hpfar=v[7], x=list(v[8:16]), ttbr0=v[16], ttbr1=v[17], tcr=v[18],
-                   sctlr=v[19], mpidr=v[20])
+def decode_exit(cpu: int, buf, offset: int = 0) -> tuple[int, int, VcpuExit]:
+    """(seq, kind, exit) from an exit record at `offset` of `buf` (bytes or the mapped RAM)."""
+    v = _RECORD.unpack_from(buf, offset)
+    return v[0], v[2], VcpuExit(cpu, v[3], v[4], v[5], v[8:16], v[6], v[7], v[16], v[17],
+                                v[18], v[19], v[20])
 
 
 RECORD_BYTES = _RECORD.size
+_PLAIN_REPLY = struct.Struct("<8QQQQ")        # x0..x7, ELR, pad, ncmds = 0
 
 
 @dataclass
@@ -140,6 +124,8 @@ class RawReply:
 
     def encode(self) -> bytes:
         """Bytes for offsets R_X0 .. end of the commands (SEQ_ACK is written separately)."""
+        if not self.commands:                   # the common case, kept cheap
+            return _PLAIN_REPLY.pack(*[v & 0xFFFF_FFFF_FFFF_FFFF for v in self.x], self.elr, 0, 0)
         if len(self.commands) > MAX_CMDS:
             raise ValueError(f"{len(self.commands)} reply commands, the shim takes {MAX_CMDS}")
         buf = bytearray(CMDS - R_X0 + CMD_SIZE * len(self.commands))

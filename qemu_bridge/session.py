@@ -21,14 +21,14 @@ import pexpect
 from dts import generate as dtgen
 from guest import build as guest_build
 from gunyah_el2 import capabilities
-from gunyah_el2.backend import CpuOn, ForwardSmc, RaiseSpi, Reply, VcpuExit
+from gunyah_el2.backend import CpuOn, ForwardSmc, RaiseSpi, Reply
 from gunyah_el2.hypervisor import DEFAULT_ABI, Hypervisor
 from gunyah_el2.trace import Tracer
 
 from . import console as con
 from . import exitcodes, mailbox
 from .machine import MachineConfig, QemuError, QemuMachine, make_workdir
-from .mailbox import RawExit, RawReply
+from .mailbox import RawReply
 from .transport import GdbTransport, ShmTransport, TransportClosed
 
 log = logging.getLogger("gunyah_sim.session")
@@ -142,19 +142,18 @@ class ServiceThread(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop_requested.is_set():
-                raw = self.transport.wait(0.05)
-                if raw is None:
+                got = self.transport.wait(0.05)
+                if got is None:
                     self._raise_async()
                     continue
-                if raw.kind == mailbox.KIND_UNEXPECTED:
-                    self.fatal = (f"EL2 shim took an unexpected exception on cpu{raw.cpu}: vector "
-                                  f"{raw.x[0]:#x}, ESR_EL2 {raw.esr:#x}, ELR_EL2 {raw.elr:#x}")
+                seq, kind, exit_ = got
+                if kind == mailbox.KIND_UNEXPECTED:
+                    self.fatal = (f"EL2 shim took an unexpected exception on cpu{exit_.cpu}: "
+                                  f"vector {exit_.x[0]:#x}, ESR_EL2 {exit_.esr:#x}, "
+                                  f"ELR_EL2 {exit_.elr:#x}")
                     return
-                exit_ = VcpuExit(cpu=raw.cpu, esr=raw.esr, elr=raw.elr, spsr=raw.spsr,
-                                 x=tuple(raw.x), far=raw.far, hpfar=raw.hpfar, ttbr0=raw.ttbr0,
-                                 ttbr1=raw.ttbr1, tcr=raw.tcr, sctlr=raw.sctlr, mpidr=raw.mpidr)
                 reply = self.hv.handle_exit(exit_)
-                self.transport.reply(raw.cpu, self.backend.encode(reply), raw.seq)
+                self.transport.reply(exit_.cpu, self.backend.encode(reply), seq)
                 self._raise_async()
         except TransportClosed:
             pass

@@ -16,7 +16,9 @@ import time
 
 from . import mailbox
 from .gdbremote import GdbClosed, GdbRemote
-from .mailbox import RawExit, RawReply
+from .mailbox import RawReply, decode_exit
+
+# What wait() returns: (seq, kind, VcpuExit), see mailbox.decode_exit.
 
 log = logging.getLogger("gunyah_sim.transport")
 
@@ -43,16 +45,16 @@ class ShmTransport:
         self._sleep = self.SLEEP_MIN_S
         self.interrupted = False
 
-    def _poll_once(self) -> RawExit | None:
+    def _poll_once(self):
         ram = self.ram
         for cpu, off in enumerate(self._offsets):
             seq = _U64.unpack_from(ram, off)[0]
             if seq != self._last_seq[cpu]:
                 self._last_seq[cpu] = seq
-                return RawExit.decode(cpu, ram[off:off + mailbox.RECORD_BYTES])
+                return decode_exit(cpu, ram, off)
         return None
 
-    def wait(self, timeout: float) -> RawExit | None:
+    def wait(self, timeout: float):
         """Next exit record, or None after `timeout` seconds (or when interrupted)."""
         deadline = time.perf_counter() + timeout
         while True:
@@ -106,7 +108,7 @@ class GdbTransport:
         gdb.set_breakpoint(doorbell)
         self._stopped_thread: tuple[int, int] | None = None
 
-    def wait(self, timeout: float) -> RawExit | None:
+    def wait(self, timeout: float):
         try:
             stop = self.gdb.wait_stop(timeout)
         except GdbClosed:
@@ -119,7 +121,7 @@ class GdbTransport:
         self._stopped_thread = thread
         cpu = thread[1] - 1
         page = self.gdb.read_memory(mailbox.mailbox_address(cpu), mailbox.RECORD_BYTES)
-        return RawExit.decode(cpu, page)
+        return decode_exit(cpu, page)
 
     def reply(self, cpu: int, reply: RawReply, seq: int) -> None:
         base = mailbox.mailbox_address(cpu)
