@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,24 +17,26 @@ def gunyah_sim(*args, timeout=300, **kw):
                           timeout=timeout, **kw)
 
 
-def qemu_processes() -> list[int]:
-    """PIDs of QEMU processes started by gunyah-sim (their RAM file names say so)."""
-    out = subprocess.run(["pgrep", "-f", "qemu-system-aarch64.*gunyah-sim-"],
+def qemu_processes(marker: str = "gunyah-sim-") -> list[int]:
+    """PIDs of QEMU processes whose command line contains `marker` (their socket paths)."""
+    out = subprocess.run(["pgrep", "-f", f"qemu-system-aarch64.*{marker}"],
                          capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
-def leftovers() -> list[str]:
-    found = [str(p) for p in Path("/dev/shm").glob("gunyah-sim-*")]
-    tmp = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
-    found += [str(p) for p in tmp.glob("gunyah-sim-*")]
-    return found
-
-
 @pytest.fixture
-def no_leftovers():
-    """Asserts that a test left no QEMU process, shared RAM file or temp dir behind."""
-    before = set(leftovers())
-    yield
-    assert qemu_processes() == [], "a QEMU process outlived the run"
-    assert set(leftovers()) - before == set(), "a temp file or directory was left behind"
+def no_leftovers(tmp_path_factory, monkeypatch):
+    """Asserts that a test left no QEMU process, shared RAM file or temp dir behind.
+
+    Runs get a private XDG_RUNTIME_DIR (gunyah-sim puts its per-run directory there), so that
+    other gunyah-sim runs on the same machine cannot be mistaken for this test's leftovers.
+    """
+    rundir = tmp_path_factory.mktemp("rundir")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(rundir))
+    shm_before = set(Path("/dev/shm").glob("gunyah-sim-*"))
+    yield rundir
+    assert qemu_processes(str(rundir)) == [], "a QEMU process outlived the run"
+    assert list(rundir.iterdir()) == [], "a temp file or directory was left behind"
+    time.sleep(0.2)           # another run's RAM file lives for milliseconds before its unlink
+    assert set(Path("/dev/shm").glob("gunyah-sim-*")) - shm_before == set(), \
+        "a shared RAM file was left behind"

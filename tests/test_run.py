@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import CLI, REPO, gunyah_sim, leftovers, qemu_processes
+from conftest import CLI, REPO, gunyah_sim, qemu_processes
 
 pytestmark = pytest.mark.qemu
 
@@ -70,7 +70,7 @@ def _start_and_wait_ready(extra=()):
 
 def test_qemu_killed_mid_run_is_reported(no_leftovers):
     proc = _start_and_wait_ready()
-    pids = qemu_processes()
+    pids = qemu_processes(str(no_leftovers))
     assert len(pids) == 1
     os.kill(pids[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
