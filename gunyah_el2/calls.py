@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import identify, msgq, smccc
-from .smccc import OWNER_ARCH, OWNER_STANDARD, OWNER_VENDOR_HYP, function_id
+from .smccc import OWNER_ARCH, OWNER_STANDARD, OWNER_STANDARD_HYP, OWNER_VENDOR_HYP, function_id
 
 BOTH = ("v6", "v17")
+SMCCC = "Arm SMCCC (DEN0028)"
+PSCI = "Arm PSCI (DEN0022)"
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,9 @@ class Call:
     args: tuple[str, ...]
     results: tuple[str, ...]
     handler: Callable
-    abis: tuple[str, ...] = BOTH     # driver generations that issue it ("" = platform, both)
+    abis: tuple[str, ...] = BOTH     # driver generations that issue it
     doc: str = ""
+    source: str = ""                 # where the ID and registers come from (docs/abi.md names)
 
     @property
     def fid(self) -> int:
@@ -42,6 +45,11 @@ def _psci(n: int, both_widths: bool = False) -> tuple[int, ...]:
     return ids
 
 
+def _service(number: int) -> tuple[int, ...]:
+    return tuple(function_id(owner, number, smc64=False)
+                 for owner in (OWNER_VENDOR_HYP, OWNER_STANDARD_HYP))
+
+
 def gunyah_hypercall(number: int) -> tuple[int, ...]:
     """Gunyah hypercalls: fast SMC64 vendor-hypervisor calls, call type 2 (bit 15 set)."""
     return (function_id(OWNER_VENDOR_HYP, 0x8000 | number, smc64=True),)
@@ -50,35 +58,43 @@ def gunyah_hypercall(number: int) -> tuple[int, ...]:
 CALLS: tuple[Call, ...] = (
     # Arm architecture calls (SMCCC)
     Call("smccc_version", _arch(0x0000), (), ("version",), smccc.smccc_version,
-         doc="SMCCC version: 1.1"),
+         doc="SMCCC version: 1.1", source=SMCCC),
     Call("smccc_arch_features", _arch(0x0001), ("function_id",), ("status",),
-         smccc.smccc_arch_features, doc="only the calls answered here; no Spectre workarounds"),
+         smccc.smccc_arch_features, doc="only the calls answered here; no Spectre workarounds",
+         source=SMCCC),
     # PSCI, forwarded to QEMU's firmware PSCI through the shim (CPU_ON redirected)
-    Call("psci_version", _psci(0x00), (), ("version",), smccc.psci_forward),
+    Call("psci_version", _psci(0x00), (), ("version",), smccc.psci_forward, source=PSCI),
     Call("psci_cpu_suspend", _psci(0x01, True), ("power_state", "entry", "context"),
-         ("status",), smccc.psci_forward),
-    Call("psci_cpu_off", _psci(0x02), (), ("status",), smccc.psci_forward),
+         ("status",), smccc.psci_forward, source=PSCI),
+    Call("psci_cpu_off", _psci(0x02), (), ("status",), smccc.psci_forward, source=PSCI),
     Call("psci_cpu_on", _psci(0x03, True), ("target_mpidr", "entry", "context"), ("status",),
-         smccc.psci_cpu_on, doc="entry redirected through the shim so the CPU enters EL1"),
+         smccc.psci_cpu_on, doc="entry redirected through the shim so the CPU enters EL1",
+         source=PSCI),
     Call("psci_affinity_info", _psci(0x04, True), ("target", "level"), ("state",),
-         smccc.psci_forward),
-    Call("psci_migrate_info_type", _psci(0x06), (), ("type",), smccc.psci_forward),
-    Call("psci_system_off", _psci(0x08), (), (), smccc.psci_system_off),
-    Call("psci_system_reset", _psci(0x09), (), (), smccc.psci_system_reset),
-    Call("psci_features", _psci(0x0A), ("function_id",), ("status",), smccc.psci_features),
-    # Vendor-specific hypervisor service calls
-    Call("vendor_hyp_call_uid", (function_id(OWNER_VENDOR_HYP, 0xFF01, smc64=False),), (),
-         ("uid0", "uid1", "uid2", "uid3"), identify.vendor_hyp_call_uid,
-         doc="Gunyah's UID, encoded per --abi"),
-    Call("vendor_hyp_revision", (function_id(OWNER_VENDOR_HYP, 0xFF03, smc64=False),), (),
-         ("major", "minor"), identify.vendor_hyp_revision),
+         smccc.psci_forward, source=PSCI),
+    Call("psci_migrate_info_type", _psci(0x06), (), ("type",), smccc.psci_forward, source=PSCI),
+    Call("psci_system_off", _psci(0x08), (), (), smccc.psci_system_off, source=PSCI),
+    Call("psci_system_reset", _psci(0x09), (), (), smccc.psci_system_reset, source=PSCI),
+    Call("psci_features", _psci(0x0A), ("function_id",), ("status",), smccc.psci_features,
+         source=PSCI),
+    # Service calls: the real hypervisor answers them on the vendor- and standard-hypervisor
+    # owners alike
+    Call("hyp_call_uid", _service(0xFF01), (), ("uid0", "uid1", "uid2", "uid3"),
+         identify.vendor_hyp_call_uid, doc="Gunyah's UID, encoded per --abi",
+         source="abi.md 5.1: HYP smccc_hypercalls.c; v6-06; v17-04"),
+    Call("hyp_revision", _service(0xFF03), (), ("api_info",), identify.vendor_hyp_revision,
+         abis=(),
+         doc="answers hyp_identify's api_info", source="abi.md 3: HYP smccc_hypercalls.c"),
     # Gunyah hypercalls
     Call("hyp_identify", gunyah_hypercall(0x00), (),
-         ("api_info", "flags0", "flags1", "flags2"), identify.hyp_identify),
+         ("api_info", "flags0", "flags1", "flags2"), identify.hyp_identify,
+         source="abi.md 3, 5.2: HYP api hypercalls.hvc; v17-04"),
     Call("msgq_send", gunyah_hypercall(0x1B), ("capid", "size", "data", "send_flags"),
-         ("error", "ready"), msgq.hvc_msgq_send, doc="data: a VA of the caller"),
+         ("error", "ready"), msgq.hvc_msgq_send, doc="data: a VA of the caller",
+         source="abi.md 3, 6: HYP msgqueue.hvc; v6-08; v17-06"),
     Call("msgq_recv", gunyah_hypercall(0x1C), ("capid", "buffer", "buf_size"),
-         ("error", "size", "ready"), msgq.hvc_msgq_recv, doc="buffer: a VA of the caller"),
+         ("error", "size", "ready"), msgq.hvc_msgq_recv, doc="buffer: a VA of the caller",
+         source="abi.md 3, 6: HYP msgqueue.hvc; v6-08; v17-06"),
 )
 
 
@@ -104,10 +120,11 @@ class CallTable:
 
 def markdown_table(calls: tuple[Call, ...] = CALLS) -> str:
     """The table docs/abi.md carries (regenerated by scripts/gen-docs)."""
-    rows = ["| Call | Function ID(s) | Inputs (x1..) | Results (x0..) | Drivers | Notes |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| Call | Function ID(s) | Inputs (x1..) | Results (x0..) | Issued by drivers | Notes "
+            "| Source |", "|---|---|---|---|---|---|---|"]
     for c in calls:
         ids = ", ".join(f"`{f:#010x}`" for f in c.fids)
         rows.append(f"| {c.name} | {ids} | {', '.join(c.args) or '-'} | "
-                    f"{', '.join(c.results) or '-'} | {', '.join(c.abis)} | {c.doc} |")
+                    f"{', '.join(c.results) or '-'} | {', '.join(c.abis) or '-'} | {c.doc} | "
+                    f"{c.source} |")
     return "\n".join(rows) + "\n"

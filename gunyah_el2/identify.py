@@ -44,7 +44,7 @@ def vendor_hyp_call_uid(hv: "Hypervisor", ctx: "CallContext") -> tuple[int, ...]
 
 
 def vendor_hyp_revision(hv: "Hypervisor", ctx: "CallContext") -> tuple[int, ...]:
-    return (API_VERSION, 0)
+    return (API_INFO,)
 
 
 def hyp_identify(hv: "Hypervisor", ctx: "CallContext") -> tuple[int, ...]:

@@ -19,6 +19,7 @@ FAST = 1 << 31
 SMC64 = 1 << 30
 OWNER_ARCH = 0
 OWNER_STANDARD = 4           # standard secure services: PSCI
+OWNER_STANDARD_HYP = 5
 OWNER_VENDOR_HYP = 6
 
 

@@ -47,8 +47,12 @@ static void uid_tests(void)
 	r = smc(VENDOR_HYP_UID, 0, 0, 0);
 	ok((u32)r.x0 == want[0] && (u32)r.x3 == want[3],
 	   "vendor hypervisor UID through SMC (v17 uses the PSCI conduit) gives the same answer");
+	r = hvc(0x8500ff01ull, 0, 0, 0, 0, 0);
+	ok((u32)r.x0 == want[0] && (u32)r.x3 == want[3],
+	   "standard-hypervisor CALL_UID (0x8500FF01) answers the same UID");
 	r = hvc(VENDOR_HYP_REVISION, 0, 0, 0, 0, 0);
-	expect_eq("vendor hypervisor revision: major 1", r.x0, 1);
+	expect_eq("REVISION answers hyp_identify's api_info",
+		  r.x0, hvc(GUNYAH_HYP_IDENTIFY, 0, 0, 0, 0, 0).x0);
 }
 
 static void identify_tests(void)
