@@ -25,7 +25,7 @@ class VcpuExit:
     esr: int
     elr: int
     spsr: int
-    x: tuple[int, ...]       # x0..x7 at the time of the trap
+    x: tuple[int, ...]       # x0..x30 at the time of the trap (tests may give fewer)
     far: int = 0
     hpfar: int = 0
     ttbr0: int = 0           # the EL1 translation regime, to read through guest pointers
@@ -33,6 +33,7 @@ class VcpuExit:
     tcr: int = 0
     sctlr: int = 0
     mpidr: int = 0
+    vbar: int = 0            # VBAR_EL1: where an injected abort goes
 
     @property
     def ec(self) -> int:
@@ -74,6 +75,7 @@ class Reply:
     x: list[int]
     pc: int
     actions: list[object] = field(default_factory=list)
+    spsr: int | None = None          # None: resume with the trapped PSTATE
 
 
 class Backend(Protocol):

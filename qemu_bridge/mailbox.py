@@ -23,7 +23,6 @@ RAM_BASE = 0x4000_0000
 # below that stub's size 2 MiB higher, so the shim (text_offset 0) runs at RAM_BASE + 2 MiB.
 SHIM_BASE = RAM_BASE + 0x20_0000
 MAILBOX_BASE = SHIM_BASE + 0x1_0000      # one page per physical CPU
-STACK_BASE = SHIM_BASE + 0x2_0000        # one page of EL2 stack per physical CPU
 PAYLOAD_PARAMS = SHIM_BASE + 0x3_0000    # parameter block for bare-metal test payloads
 PARAMS_MAGIC = 0x4D52_4150_4D49_5347     # "GSIMPARM" read as a little-endian u64
 MAILBOX_SIZE = 0x1000
@@ -42,41 +41,57 @@ ELR = 0x020
 SPSR = 0x028
 FAR = 0x030
 HPFAR = 0x038
-X0 = 0x040               # x0..x7, 8 bytes each
-TTBR0_EL1 = 0x080
-TTBR1_EL1 = 0x088
-TCR_EL1 = 0x090
-SCTLR_EL1 = 0x098
-MPIDR = 0x0A0
+X0 = 0x040               # x0..x30, 8 bytes each (to 0x138)
+NGPRS = 31
+TTBR0_EL1 = 0x140
+TTBR1_EL1 = 0x148
+TCR_EL1 = 0x150
+SCTLR_EL1 = 0x158
+MPIDR = 0x160
+VBAR_EL1 = 0x168
 # --- reply (Python -> shim) -----------------------------------------------------------------
-R_X0 = 0x100             # x0..x7 loaded into the guest before eret
-R_ELR = 0x140
-NCMDS = 0x150
-CMDS = 0x160             # array of (op, a, b), 24 bytes each
+R_X0 = 0x200             # x0..x30 loaded into the guest before eret (to 0x2F8)
+R_ELR = 0x2F8
+R_SPSR = 0x300
+NCMDS = 0x308
+CMDS = 0x310             # array of (op, a, b), 24 bytes each
 CMD_SIZE = 24
 MAX_CMDS = 16
 # --- boot slot (Python -> shim, before the CPU enters the guest) ----------------------------
-BOOT_ENTRY = 0x300
-BOOT_CONTEXT = 0x308
+BOOT_ENTRY = 0x500
+BOOT_CONTEXT = 0x508
+BOOT_RESERVED_MASK = 0x510   # CPU 0 only: CPUs the shim starts, parked, for the hypervisor
+# --- EL1 context block: what OP_LOAD_EL1 loads when a CPU switches to a VM's vCPU -----------
+EL1_CONTEXT = 0x600
+EL1_CONTEXT_REGS = ("sctlr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "mair_el1", "amair_el1",
+                    "vbar_el1", "cpacr_el1", "contextidr_el1", "tpidr_el1", "tpidr_el0",
+                    "tpidrro_el0", "sp_el0", "sp_el1", "elr_el1", "spsr_el1", "cntkctl_el1",
+                    "hcr_el2", "vttbr_el2", "vtcr_el2")
 
 # Exit kinds.
-KIND_SYNC = 1            # synchronous exception from EL1 (HVC, trapped SMC, ...)
+KIND_SYNC = 1            # synchronous exception from EL1 (HVC, trapped SMC, stage-2 fault...)
 KIND_UNEXPECTED = 2      # any other vector: fatal; the record's x0 holds the vector offset
+KIND_IDLE = 3            # a hypervisor-reserved CPU waits for work (a vCPU to run)
 
 # Reply commands, run by the shim in order before it returns to the guest.
 OP_SMC = 1       # load x0..x7 from the reply, issue SMC #0 at EL2, store x0..x3 back in it
 OP_WRITE32 = 2   # 32-bit store of b to physical address a (e.g. GICD_ISPENDR)
 OP_WRITE64 = 3   # 64-bit store of b to physical address a
-OP_MSR = 4       # write b to the EL2 system register numbered a in MSR_REGISTERS
+OP_MSR = 4       # write b to the system register numbered a in MSR_REGISTERS
+OP_LOAD_EL1 = 5  # load the EL1 context block (and the VM's HCR/VTTBR/VTCR) into the CPU
+OP_TLBI_VM = 6   # invalidate the stage-1+2 TLB entries of the current VMID, all CPUs
+OP_IDLE = 7      # after the commands, do not return: record an IDLE exit and wait again
 
 # Registers the shim has an ``msr`` gadget for, in gadget-table order.
-MSR_REGISTERS = ("hcr_el2", "vttbr_el2", "vtcr_el2", "cnthctl_el2")
+MSR_REGISTERS = ("hcr_el2", "vttbr_el2", "vtcr_el2", "cnthctl_el2", "esr_el1", "far_el1",
+                 "elr_el1", "spsr_el1")
 
 _LAYOUT_NAMES = (
-    "RAM_BASE SHIM_BASE MAILBOX_BASE STACK_BASE PAYLOAD_PARAMS MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "
+    "RAM_BASE SHIM_BASE MAILBOX_BASE PAYLOAD_PARAMS MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "
     "SEQ_REQ SEQ_ACK KIND ESR ELR SPSR FAR HPFAR X0 TTBR0_EL1 TTBR1_EL1 TCR_EL1 SCTLR_EL1 MPIDR "
-    "R_X0 R_ELR NCMDS CMDS CMD_SIZE MAX_CMDS BOOT_ENTRY BOOT_CONTEXT KIND_SYNC KIND_UNEXPECTED "
-    "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR"
+    "VBAR_EL1 R_X0 R_ELR R_SPSR NCMDS CMDS CMD_SIZE MAX_CMDS BOOT_ENTRY BOOT_CONTEXT "
+    "BOOT_RESERVED_MASK EL1_CONTEXT KIND_SYNC KIND_UNEXPECTED KIND_IDLE "
+    "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR OP_LOAD_EL1 OP_TLBI_VM OP_IDLE"
 ).split()
 
 
@@ -87,6 +102,9 @@ def assembler_constants() -> str:
         lines.append(f".equ MB_{name}, {globals()[name]:#x}")
     for index, reg in enumerate(MSR_REGISTERS):
         lines.append(f".equ MSR_{reg.upper()}, {index}")
+    lines.append(f".equ MSR_COUNT, {len(MSR_REGISTERS)}")
+    for index, reg in enumerate(EL1_CONTEXT_REGS):
+        lines.append(f".equ CTX_{reg}, {EL1_CONTEXT + 8 * index:#x}")
     return "\n".join(lines) + "\n"
 
 
@@ -101,42 +119,38 @@ def mailbox_address(cpu: int) -> int:
     return MAILBOX_BASE + cpu * MAILBOX_SIZE
 
 
-_RECORD = struct.Struct("<8Q8Q5Q")   # SEQ_REQ..HPFAR, x0..x7, TTBR0..MPIDR
+_RECORD = struct.Struct("<8Q31Q6Q")   # SEQ_REQ..HPFAR, x0..x30, TTBR0..VBAR_EL1
 
 
 def decode_exit(cpu: int, buf, offset: int = 0) -> tuple[int, int, VcpuExit]:
     """(seq, kind, exit) from an exit record at `offset` of `buf` (bytes or the mapped RAM)."""
     v = _RECORD.unpack_from(buf, offset)
-    return v[0], v[2], VcpuExit(cpu, v[3], v[4], v[5], v[8:16], v[6], v[7], v[16], v[17],
-                                v[18], v[19], v[20])
+    return v[0], v[2], VcpuExit(cpu, v[3], v[4], v[5], v[8:39], v[6], v[7], v[39], v[40],
+                                v[41], v[42], v[43], v[44])
 
 
 RECORD_BYTES = _RECORD.size
-_PLAIN_REPLY = struct.Struct("<8QQQQ")        # x0..x7, ELR, pad, ncmds = 0
+_PLAIN_REPLY = struct.Struct("<31QQQQ")       # x0..x30, ELR, SPSR, ncmds = 0
 
 
 @dataclass
 class RawReply:
-    """What the shim applies: commands first, then x0..x7 and ELR_EL2, then eret."""
+    """What the shim applies: commands first, then x0..x30, ELR_EL2 and SPSR_EL2, then eret."""
     x: list[int]
     elr: int
+    spsr: int
     commands: list[tuple[int, int, int]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         """Bytes for offsets R_X0 .. end of the commands (SEQ_ACK is written separately)."""
+        regs = [v & 0xFFFF_FFFF_FFFF_FFFF for v in self.x]
         if not self.commands:                   # the common case, kept cheap
-            return _PLAIN_REPLY.pack(*[v & 0xFFFF_FFFF_FFFF_FFFF for v in self.x], self.elr, 0, 0)
+            return _PLAIN_REPLY.pack(*regs, self.elr, self.spsr, 0)
         if len(self.commands) > MAX_CMDS:
             raise ValueError(f"{len(self.commands)} reply commands, the shim takes {MAX_CMDS}")
         buf = bytearray(CMDS - R_X0 + CMD_SIZE * len(self.commands))
-        struct.pack_into("<8Q", buf, 0, *[v & 0xFFFF_FFFF_FFFF_FFFF for v in self.x])
-        struct.pack_into("<QQQ", buf, R_ELR - R_X0, self.elr, 0, len(self.commands))
+        _PLAIN_REPLY.pack_into(buf, 0, *regs, self.elr, self.spsr, len(self.commands))
         for i, (op, a, b) in enumerate(self.commands):
             struct.pack_into("<QQQ", buf, CMDS - R_X0 + CMD_SIZE * i, op, a,
                              b & 0xFFFF_FFFF_FFFF_FFFF)
         return bytes(buf)
-
-    @staticmethod
-    def decode_results(buf: bytes) -> list[int]:
-        """x0..x7 of a reply area after the shim ran it (an OP_SMC stores its results there)."""
-        return list(struct.unpack_from("<8Q", buf, 0))

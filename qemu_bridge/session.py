@@ -108,8 +108,9 @@ class QemuBackend:
         intid = 32 + spi
         return self.gicd_base + GICD_ISPENDR + 4 * (intid // 32), 1 << (intid % 32)
 
-    def encode(self, reply: Reply) -> RawReply:
+    def encode(self, reply: Reply, exit_) -> RawReply:
         x = list(reply.x)
+        x += exit_.x[len(x):]                 # registers the hypervisor did not look at
         commands = []
         for action in reply.actions:
             if isinstance(action, ForwardSmc):
@@ -127,7 +128,8 @@ class QemuBackend:
                 commands.append((mailbox.OP_WRITE32, addr, bit))
             else:
                 raise TypeError(f"no mailbox encoding for {action!r}")
-        return RawReply(x=x, elr=reply.pc, commands=commands)
+        spsr = exit_.spsr if reply.spsr is None else reply.spsr
+        return RawReply(x=x, elr=reply.pc, spsr=spsr, commands=commands)
 
 
 class ServiceThread(threading.Thread):
@@ -153,7 +155,7 @@ class ServiceThread(threading.Thread):
                                   f"ELR_EL2 {exit_.elr:#x}")
                     return
                 reply = self.hv.handle_exit(exit_)
-                self.transport.reply(exit_.cpu, self.backend.encode(reply), seq)
+                self.transport.reply(exit_.cpu, self.backend.encode(reply, exit_), seq)
                 self._raise_async()
         except TransportClosed:
             pass

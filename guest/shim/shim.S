@@ -37,7 +37,8 @@ _head:
 
 	.text
 /*
- * Per-CPU EL2 set-up.  Out: x9 = this CPU's mailbox, sp = its EL2 stack.
+ * Per-CPU EL2 set-up.  Out: x9 = sp = this CPU's mailbox (SP_EL2 points at the mailbox, so
+ * the trap handler can save every register before it needs a scratch one).
  * Clobbers x10..x13.  Parks the CPU if it has no mailbox.
  */
 el2_setup:
@@ -49,11 +50,7 @@ el2_setup:
 	b.hs	park
 	ldr	x9, =MB_MAILBOX_BASE
 	add	x9, x9, x11, lsl #12
-	msr	tpidr_el2, x9
-	ldr	x12, =MB_STACK_BASE
-	add	x11, x11, #1
-	add	x12, x12, x11, lsl #12
-	mov	sp, x12
+	mov	sp, x9
 
 	adr	x10, el2_vectors
 	msr	vbar_el2, x10
@@ -97,7 +94,20 @@ park:
 primary_entry:
 	mov	x21, x0
 	bl	el2_setup
-	ldr	x10, [x9, #MB_BOOT_ENTRY]
+	/* Start the CPUs reserved for the hypervisor (bit n = CPU n): they park in idle_exit. */
+	ldr	x22, [x9, #MB_BOOT_RESERVED_MASK]
+	mov	x23, #0
+1:	cbz	x22, 2f
+	tbz	x22, #0, 3f
+	ldr	x0, =0xc4000003			/* PSCI CPU_ON (SMC64) */
+	mov	x1, x23				/* MPIDR: Aff0 = CPU index (up to 16 CPUs) */
+	adr	x2, reserved_entry
+	mov	x3, x23
+	smc	#0
+3:	lsr	x22, x22, #1
+	add	x23, x23, #1
+	b	1b
+2:	ldr	x10, [x9, #MB_BOOT_ENTRY]
 	msr	elr_el2, x10
 	mov	x0, x21
 	b	enter_guest
@@ -115,24 +125,41 @@ enter_guest:
 	mov	x3, xzr
 	eret
 
+/* A CPU reserved for the hypervisor: set up EL2, then wait for Python to give it a vCPU. */
+reserved_entry:
+	bl	el2_setup
+	b	idle_exit
+
 /*
- * Synchronous exception from EL1 (HVC, trapped SMC, anything else): record, ring, wait, obey.
- * x0..x7 come back from the reply; x8..x18 and x30 are preserved here.
+ * Synchronous exception from EL1 (HVC, trapped SMC, stage-2 fault, ...): save every register
+ * in the exit record, ring, wait, obey the reply's commands, load every register from the
+ * reply, eret.  sp is this CPU's mailbox.
  */
 el1_sync:
-	sub	sp, sp, #96
-	stp	x8, x9, [sp, #0]
-	stp	x10, x11, [sp, #16]
-	stp	x12, x13, [sp, #32]
-	stp	x14, x15, [sp, #48]
-	stp	x16, x17, [sp, #64]
-	stp	x18, x30, [sp, #80]
-	mrs	x9, tpidr_el2
-	stp	x0, x1, [x9, #MB_X0]
-	stp	x2, x3, [x9, #MB_X0 + 16]
-	stp	x4, x5, [x9, #MB_X0 + 32]
-	stp	x6, x7, [x9, #MB_X0 + 48]
+	stp	x0, x1, [sp, #MB_X0]
+	stp	x2, x3, [sp, #MB_X0 + 16]
+	stp	x4, x5, [sp, #MB_X0 + 32]
+	stp	x6, x7, [sp, #MB_X0 + 48]
+	stp	x8, x9, [sp, #MB_X0 + 64]
+	stp	x10, x11, [sp, #MB_X0 + 80]
+	stp	x12, x13, [sp, #MB_X0 + 96]
+	stp	x14, x15, [sp, #MB_X0 + 112]
+	stp	x16, x17, [sp, #MB_X0 + 128]
+	stp	x18, x19, [sp, #MB_X0 + 144]
+	stp	x20, x21, [sp, #MB_X0 + 160]
+	stp	x22, x23, [sp, #MB_X0 + 176]
+	stp	x24, x25, [sp, #MB_X0 + 192]
+	stp	x26, x27, [sp, #MB_X0 + 208]
+	stp	x28, x29, [sp, #MB_X0 + 224]
+	str	x30, [sp, #MB_X0 + 240]
+	mov	x9, sp
 	mov	x10, #MB_KIND_SYNC
+	b	record
+
+/* Wait for work: entered with x9 = mailbox (reserved CPUs, and after OP_IDLE). */
+idle_exit:
+	mov	x10, #MB_KIND_IDLE
+record:
 	str	x10, [x9, #MB_KIND]
 	mrs	x10, esr_el2
 	mrs	x11, elr_el2
@@ -149,7 +176,8 @@ el1_sync:
 	mrs	x11, sctlr_el1
 	stp	x10, x11, [x9, #MB_TCR_EL1]
 	mrs	x10, mpidr_el1
-	str	x10, [x9, #MB_MPIDR]
+	mrs	x11, vbar_el1
+	stp	x10, x11, [x9, #MB_MPIDR]
 
 	/* Ring: publish seq_req + 1 after the record, then wait for seq_ack to match. */
 	ldr	x10, [x9, #MB_SEQ_REQ]
@@ -164,7 +192,8 @@ doorbell:				/* the gdb transport's breakpoint sits here */
 	b.ne	1b
 	dmb	ish
 
-	/* Obey the reply's commands in order. */
+	/* Obey the reply's commands in order.  x20 = 1: go idle instead of returning. */
+	mov	x20, #0
 	ldr	x12, [x9, #MB_NCMDS]
 	add	x13, x9, #MB_CMDS
 next_cmd:
@@ -179,19 +208,26 @@ next_cmd:
 	b.eq	cmd_write64
 	cmp	x14, #MB_OP_MSR
 	b.eq	cmd_msr
+	cmp	x14, #MB_OP_LOAD_EL1
+	b.eq	cmd_load_el1
+	cmp	x14, #MB_OP_TLBI_VM
+	b.eq	cmd_tlbi_vm
+	cmp	x14, #MB_OP_IDLE
+	b.eq	cmd_idle
 cmd_done:
 	add	x13, x13, #MB_CMD_SIZE
 	sub	x12, x12, #1
 	b	next_cmd
 
 cmd_smc:
-	ldp	x0, x1, [x9, #MB_R_X0]
-	ldp	x2, x3, [x9, #MB_R_X0 + 16]
-	ldp	x4, x5, [x9, #MB_R_X0 + 32]
-	ldp	x6, x7, [x9, #MB_R_X0 + 48]
-	smc	#0				/* SMCCC 1.1: x4..x17 survive */
-	stp	x0, x1, [x9, #MB_R_X0]
-	stp	x2, x3, [x9, #MB_R_X0 + 16]
+	add	x17, x9, #MB_R_X0
+	ldp	x0, x1, [x17]
+	ldp	x2, x3, [x17, #16]
+	ldp	x4, x5, [x17, #32]
+	ldp	x6, x7, [x17, #48]
+	smc	#0				/* SMCCC 1.1: x4..x17, x19..x29 survive */
+	stp	x0, x1, [x17]
+	stp	x2, x3, [x17, #16]
 	b	cmd_done
 cmd_write32:
 	str	w16, [x15]
@@ -201,39 +237,60 @@ cmd_write64:
 	str	x16, [x15]
 	dsb	sy
 	b	cmd_done
+cmd_idle:
+	mov	x20, #1
+	b	cmd_done
+cmd_tlbi_vm:
+	dsb	ishst
+	tlbi	vmalls12e1is
+	dsb	ish
+	isb
+	b	cmd_done
+cmd_load_el1:				/* a VM's EL1 state and its stage-2 configuration */
+	.irp reg, sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, cpacr_el1, contextidr_el1, tpidr_el1, tpidr_el0, tpidrro_el0, sp_el0, sp_el1, elr_el1, spsr_el1, cntkctl_el1, hcr_el2, vttbr_el2, vtcr_el2
+	ldr	x17, [x9, #CTX_\reg]
+	msr	\reg, x17
+	.endr
+	isb
+	b	cmd_done
 cmd_msr:
-	cmp	x15, #4				/* len(MSR_REGISTERS) */
+	cmp	x15, #MSR_COUNT
 	b.hs	cmd_done
 	adr	x17, msr_gadgets
 	add	x17, x17, x15, lsl #3
 	br	x17
 msr_gadgets:				/* two instructions each, in MSR_REGISTERS order */
-	msr	hcr_el2, x16
+	.irp reg, hcr_el2, vttbr_el2, vtcr_el2, cnthctl_el2, esr_el1, far_el1, elr_el1, spsr_el1
+	msr	\reg, x16
 	b	msr_done
-	msr	vttbr_el2, x16
-	b	msr_done
-	msr	vtcr_el2, x16
-	b	msr_done
-	msr	cnthctl_el2, x16
-	b	msr_done
+	.endr
 msr_done:
 	isb
 	b	cmd_done
 
 cmds_done:
+	cbnz	x20, idle_exit
 	ldr	x10, [x9, #MB_R_ELR]
 	msr	elr_el2, x10
-	ldp	x0, x1, [x9, #MB_R_X0]
-	ldp	x2, x3, [x9, #MB_R_X0 + 16]
-	ldp	x4, x5, [x9, #MB_R_X0 + 32]
-	ldp	x6, x7, [x9, #MB_R_X0 + 48]
-	ldp	x8, x9, [sp, #0]
-	ldp	x10, x11, [sp, #16]
-	ldp	x12, x13, [sp, #32]
-	ldp	x14, x15, [sp, #48]
-	ldp	x16, x17, [sp, #64]
-	ldp	x18, x30, [sp, #80]
-	add	sp, sp, #96
+	ldr	x10, [x9, #MB_R_SPSR]
+	msr	spsr_el2, x10
+	add	x9, x9, #MB_R_X0
+	ldp	x0, x1, [x9]
+	ldp	x2, x3, [x9, #16]
+	ldp	x4, x5, [x9, #32]
+	ldp	x6, x7, [x9, #48]
+	ldp	x10, x11, [x9, #80]
+	ldp	x12, x13, [x9, #96]
+	ldp	x14, x15, [x9, #112]
+	ldp	x16, x17, [x9, #128]
+	ldp	x18, x19, [x9, #144]
+	ldp	x20, x21, [x9, #160]
+	ldp	x22, x23, [x9, #176]
+	ldp	x24, x25, [x9, #192]
+	ldp	x26, x27, [x9, #208]
+	ldp	x28, x29, [x9, #224]
+	ldr	x30, [x9, #240]
+	ldp	x8, x9, [x9, #64]		/* x9 last: it was the base */
 	eret
 
 /*
@@ -241,7 +298,7 @@ cmds_done:
  * The guest's x0/x9/x10 are lost, which no longer matters.
  */
 unexpected:
-	mrs	x9, tpidr_el2
+	mov	x9, sp
 	str	x0, [x9, #MB_X0]
 	mov	x0, #MB_KIND_UNEXPECTED
 	str	x0, [x9, #MB_KIND]
