@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .msgq import MessageQueue, MsgqCap
+from .rm.server import ResourceManager
+from .rm.state import VMID_HLOS
 
 if TYPE_CHECKING:
     from .hypervisor import Hypervisor
@@ -51,10 +53,13 @@ def c_header() -> str:
 class PrimaryVm:
     def __init__(self, hv: "Hypervisor"):
         self.hv = hv
-        self.vmid = 3       # the primary ("HLOS") VM's VMID
+        self.vmid = VMID_HLOS       # the primary ("HLOS") VM's VMID: 3, as the real RM's
         self.rm_tx = MessageQueue("rm-tx", on_not_full=lambda q: hv.raise_spi(RM_TX.spi),
                                   consumer=self._to_rm)
-        self.rm_rx = MessageQueue("rm-rx", on_not_empty=lambda q: hv.raise_spi(RM_RX.spi))
+        # The RM is the sender on rm-rx: when the full queue gets room, it sends more of its
+        # backlog (a reply can have more fragments than the queue holds).
+        self.rm_rx = MessageQueue("rm-rx", on_not_empty=lambda q: hv.raise_spi(RM_RX.spi),
+                                  on_not_full=lambda q: self.rm.pump())
         self.loop = MessageQueue("loopback", depth=LOOP_DEPTH,
                                  on_not_empty=lambda q: hv.raise_spi(LOOP_RX.spi),
                                  on_not_full=lambda q: hv.raise_spi(LOOP_TX.spi))
@@ -64,7 +69,16 @@ class PrimaryVm:
             LOOP_TX.capid: MsgqCap(self.loop, "send"),
             LOOP_RX.capid: MsgqCap(self.loop, "receive"),
         }
-        self.rm_sink = None      # the Resource Manager, once one is attached
+        self.rm = ResourceManager(hv.abi, self._to_primary, primary_vmid=self.vmid,
+                                  tracer=hv.tracer)
+        self.rm_sink = self.rm.receive      # what arrives on rm-tx; None: no RM attached
+
+    def _to_primary(self, message: bytes) -> bool:
+        """The RM's send: one message into rm-rx, as the RM sends (no push); False if full."""
+        if self.rm_rx.full:
+            return False
+        self.rm_rx.send(message, push=False)
+        return True
 
     def _to_rm(self, queue: MessageQueue, message: bytes) -> None:
         if self.rm_sink is None:

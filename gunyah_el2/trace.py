@@ -64,6 +64,19 @@ class Tracer:
         with self._lock:
             return [self._record(r) for r in self.recent]
 
+    def rpc(self, direction: str, kind: str, msg_id: int, seq: int, size: int,
+            name: str = "", error: int | None = None) -> None:
+        """One whole Resource Manager RPC message (before fragmentation / after reassembly).
+
+        direction: "recv" (to the RM) or "send"; kind: request, reply or notification.
+        """
+        record = {"t": round(time.perf_counter() - self.t0, 6), "event": "rpc",
+                  "dir": direction, "type": kind, "msg_id": msg_id, "name": name, "seq": seq,
+                  "size": size}
+        if error is not None:
+            record["error"] = error
+        self._emit(record)
+
     def format_recent(self, n: int = 10) -> str:
         lines = []
         for r in self.records()[-n:]:
