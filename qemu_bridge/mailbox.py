@@ -119,7 +119,7 @@ def mailbox_address(cpu: int) -> int:
     return MAILBOX_BASE + cpu * MAILBOX_SIZE
 
 
-_RECORD = struct.Struct("<8Q31Q6Q")   # SEQ_REQ..HPFAR, x0..x30, TTBR0..VBAR_EL1
+_RECORD = struct.Struct("<8Q31Q8x6Q")   # SEQ_REQ..HPFAR, x0..x30, (pad at 0x138), TTBR0..VBAR_EL1
 
 
 def decode_exit(cpu: int, buf, offset: int = 0) -> tuple[int, int, VcpuExit]:
