@@ -36,7 +36,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 # Subcommands that live in their own module: each has add_parser(subparsers) which registers
 # the subcommand and sets `func` (args -> exit code).  Shared option groups are the public
 # helpers below (machine_options, run_options, add_verbose) so that names stay the same.
-SUBCOMMAND_MODULES: list[str] = ["conformance", "testcmd"]
+SUBCOMMAND_MODULES: list[str] = ["conformance", "kernelcmd", "testcmd"]
 
 
 def machine_options(p: argparse.ArgumentParser) -> None:
