@@ -102,10 +102,22 @@ def platform_addresses(tree: fdt.FDT) -> dict[str, int]:
             "uart": _reg_address(tree, _find_compatible(tree, "arm,pl011"))}
 
 
+def hide_cpus(tree: fdt.FDT, keep: int) -> None:
+    """Remove CPUs from `keep` on: they belong to the hypervisor, not to this VM."""
+    cpus = tree.get_node("/cpus")
+    for node in list(cpus.nodes):
+        if node.name == "cpu-map":
+            cpus.remove_subnode("cpu-map")          # topology of CPUs that are not all ours
+        elif node.name.startswith("cpu@") and int(node.name[4:], 16) >= keep:
+            cpus.remove_subnode(node.name)
+
+
 def build_guest_dt(base_dtb: bytes, *, reserved: list[tuple[str, int, int]],
                    bootargs: str | None = None, abi: str | None = None,
-                   rm: RmNodeSpec | None = None) -> bytes:
+                   rm: RmNodeSpec | None = None, primary_cpus: int | None = None) -> bytes:
     tree = fdt.parse_dtb(base_dtb)
+    if primary_cpus is not None:
+        hide_cpus(tree, primary_cpus)
     for name, base, size in reserved:
         add_reserved_memory(tree, name, base, size)
     if bootargs is not None:

@@ -16,6 +16,7 @@ from .calls import Call, CallTable
 from .capabilities import CSPACE_SLOTS, PrimaryVm
 from .errors import SMCCC_NOT_SUPPORTED, GunyahError, HypercallFailed
 from .trace import Tracer
+from .vm import VmManager
 
 log = logging.getLogger("gunyah_sim.hyp")
 
@@ -65,6 +66,7 @@ class Hypervisor:
         self.features = ("msgqueue",)          # hyp_identify reports what is implemented
         self.events: list[dict] = []
         self.primary = PrimaryVm(self)
+        self.vms = VmManager(self)
         self._unknown_seen: set[int] = set()
         self._pending_actions: list = []     # actions of the call being handled (interrupts)
 
@@ -99,6 +101,20 @@ class Hypervisor:
 
     # --- dispatch ----------------------------------------------------------------------------
     def handle_exit(self, exit: VcpuExit) -> Reply:
+        """A trap of the primary VM or of a VM's vCPU (by which CPU it came from)."""
+        if self.vms.owns(exit.cpu):
+            return self.vms.handle_exit(exit)
+        return self.dispatch_call(exit)
+
+    def handle_idle(self, exit: VcpuExit) -> Reply | None:
+        """A reserved CPU waits for work; None leaves it waiting (see take_replies)."""
+        return self.vms.handle_idle(exit)
+
+    def take_replies(self) -> list[tuple[int, Reply]]:
+        """Answers for CPUs left waiting earlier (a VM was started for them meanwhile)."""
+        return self.vms.take_outbox()
+
+    def dispatch_call(self, exit: VcpuExit) -> Reply:
         started = time.perf_counter()
         reply = Reply(x=list(exit.x), pc=exit.next_pc)
         if exit.conduit not in ("hvc", "smc"):

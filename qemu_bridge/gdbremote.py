@@ -199,7 +199,7 @@ class GdbRemote:
     def read_memory(self, addr: int, size: int) -> bytes:
         out = bytearray()
         while size:
-            n = min(size, 0x800)
+            n = min(size, 0x400)       # QEMU packets hold 4096 characters
             reply = self.request(f"m{addr:x},{n:x}")
             if reply.startswith(b"E") or len(reply) != 2 * n:
                 raise GdbError(f"cannot read {n} bytes at {addr:#x}: {reply[:8]!r}")
@@ -208,8 +208,8 @@ class GdbRemote:
         return bytes(out)
 
     def write_memory(self, addr: int, data: bytes) -> None:
-        for off in range(0, len(data), 0x800):
-            chunk = data[off:off + 0x800]
+        for off in range(0, len(data), 0x400):
+            chunk = data[off:off + 0x400]
             self.check_ok(f"M{addr + off:x},{len(chunk):x}:{chunk.hex()}")
 
     def physical_memory_mode(self, on: bool) -> None:

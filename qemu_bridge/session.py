@@ -10,6 +10,7 @@ import os
 import queue
 import secrets
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from guest import build as guest_build
 from gunyah_el2 import capabilities
 from gunyah_el2.backend import CpuOn, ForwardSmc, RaiseSpi, Reply
 from gunyah_el2.hypervisor import DEFAULT_ABI, Hypervisor
+from gunyah_el2.vm import EnterVcpu, HCR_PRIMARY, InvalidateVmTlb, ReturnToIdle, WriteEl1
 from gunyah_el2.trace import Tracer
 
 from . import console as con
@@ -59,6 +61,11 @@ class RunOptions:
     # polled about twice a second while the guest runs; a returned reason ends the run with
     # exit code 124 (timeout) and that reason (`gunyah-sim test`: per-phase timeouts)
     watchdog: Callable[[], str | None] | None = None
+    vm_cpus: int = 0                     # CPUs the hypervisor keeps for VMs' vCPUs (not in
+                                         # the primary's DT); needed to run secondary VMs
+    extra_loads: list = field(default_factory=list)   # (file, physical address) to load too
+    on_hypervisor: Callable | None = None  # called with the Hypervisor before the guest runs
+    vm_console_dir: Path | None = None   # one file per VM's console output
     bare_metal: bool = False             # `kernel` is a test payload: no initramfs; it ends
                                          # by powering off, which is then a success
 
@@ -126,6 +133,21 @@ class QemuBackend:
             elif isinstance(action, RaiseSpi):
                 addr, bit = self.gicd_set_pending(action.spi)
                 commands.append((mailbox.OP_WRITE32, addr, bit))
+            elif isinstance(action, EnterVcpu):
+                block = struct.pack(f"<{len(mailbox.EL1_CONTEXT_REGS)}Q",
+                                    *[action.context[r] for r in mailbox.EL1_CONTEXT_REGS])
+                self.transport.write_phys(mailbox.mailbox_address(exit_.cpu)
+                                          + mailbox.EL1_CONTEXT, block)
+                commands.append((mailbox.OP_LOAD_EL1, 0, 0))
+            elif isinstance(action, ReturnToIdle):
+                commands += [(mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("hcr_el2"), HCR_PRIMARY),
+                             (mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("vttbr_el2"), 0),
+                             (mailbox.OP_IDLE, 0, 0)]
+            elif isinstance(action, WriteEl1):
+                commands += [(mailbox.OP_MSR, mailbox.MSR_REGISTERS.index(reg), value)
+                             for reg, value in action.values.items()]
+            elif isinstance(action, InvalidateVmTlb):
+                commands.append((mailbox.OP_TLBI_VM, 0, 0))
             else:
                 raise TypeError(f"no mailbox encoding for {action!r}")
         spsr = exit_.spsr if reply.spsr is None else reply.spsr
@@ -140,6 +162,7 @@ class ServiceThread(threading.Thread):
         self.transport, self.hv, self.backend, self.machine = transport, hv, backend, machine
         self.stop_requested = threading.Event()
         self.fatal: str | None = None
+        self.parked: dict[int, tuple[int, object]] = {}    # cpu -> (seq, idle exit)
 
     def run(self) -> None:
         try:
@@ -154,8 +177,18 @@ class ServiceThread(threading.Thread):
                                   f"vector {exit_.x[0]:#x}, ESR_EL2 {exit_.esr:#x}, "
                                   f"ELR_EL2 {exit_.elr:#x}")
                     return
-                reply = self.hv.handle_exit(exit_)
+                if kind == mailbox.KIND_IDLE:
+                    reply = self.hv.handle_idle(exit_)
+                    if reply is None:                 # nothing to run: the CPU keeps waiting
+                        self.parked[exit_.cpu] = (seq, exit_)
+                        self.transport.park(exit_.cpu)
+                        continue
+                else:
+                    reply = self.hv.handle_exit(exit_)
                 self.transport.reply(exit_.cpu, self.backend.encode(reply, exit_), seq)
+                for cpu, later in self.hv.take_replies():   # work for CPUs that were waiting
+                    pseq, pexit = self.parked.pop(cpu)
+                    self.transport.reply(cpu, self.backend.encode(later, pexit), pseq)
                 self._raise_async()
         except TransportClosed:
             pass
@@ -165,17 +198,30 @@ class ServiceThread(threading.Thread):
                 self.fatal = f"internal error in the EL2 service: {err!r}"
 
     def _raise_async(self) -> None:
-        """Interrupts raised outside a call: set them pending through the gdbstub."""
-        if self.backend.async_spis.empty():
-            return
-        gdb = self.machine.gdb
-        gdb.interrupt()
-        gdb.wait_stop(5.0)
-        gdb.physical_memory_mode(True)
+        """Interrupts raised outside a call: set them pending through the transport."""
+        writes = []
         while not self.backend.async_spis.empty():
-            addr, bit = self.backend.gicd_set_pending(self.backend.async_spis.get())
-            gdb.write_memory(addr, bit.to_bytes(4, "little"))
-        gdb.cont()
+            writes.append(self.backend.gicd_set_pending(self.backend.async_spis.get()))
+        if writes:
+            self.transport.write_async(writes)
+
+
+HYP_MEMORY_SIZE = 16 << 20      # top of RAM kept by the hypervisor (stage-2 tables) for VMs
+
+
+def hyp_memory(opts: RunOptions) -> tuple[int, int]:
+    return mailbox.RAM_BASE + (opts.memory_mb << 20) - HYP_MEMORY_SIZE, HYP_MEMORY_SIZE
+
+
+def _vm_console_sink(opts: RunOptions, sink):
+    """VM console lines go to the console stream, prefixed, and to --vm-console DIR/vmN.log."""
+    def emit(vmid: int, line: str) -> None:
+        sink.write(f"[vm{vmid}] {line}\n")
+        if opts.vm_console_dir is not None:
+            opts.vm_console_dir.mkdir(parents=True, exist_ok=True)
+            with open(opts.vm_console_dir / f"vm{vmid}.log", "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+    return emit
 
 
 def build_dtb(machine: QemuMachine, opts: RunOptions, bootargs: str) -> tuple[bytes, dict]:
@@ -184,10 +230,11 @@ def build_dtb(machine: QemuMachine, opts: RunOptions, bootargs: str) -> tuple[by
     if opts.hypervisor_node:
         rm = dtgen.RmNodeSpec(tx_capid=capabilities.RM_TX.capid, rx_capid=capabilities.RM_RX.capid,
                               tx_spi=capabilities.RM_TX.spi, rx_spi=capabilities.RM_RX.spi)
-    dtb = dtgen.build_guest_dt(
-        base, reserved=[("gunyah-sim-el2", mailbox.RAM_BASE,
-                         mailbox.RESERVED_END - mailbox.RAM_BASE)],
-        bootargs=bootargs, abi=opts.abi, rm=rm)
+    reserved = [("gunyah-sim-el2", mailbox.RAM_BASE, mailbox.RESERVED_END - mailbox.RAM_BASE)]
+    if opts.vm_cpus:
+        reserved.append(("gunyah-sim-hyp", *hyp_memory(opts)))
+    dtb = dtgen.build_guest_dt(base, reserved=reserved, bootargs=bootargs, abi=opts.abi, rm=rm,
+                               primary_cpus=opts.smp)
     import fdt
     return dtb, dtgen.platform_addresses(fdt.parse_dtb(dtb))
 
@@ -213,7 +260,8 @@ def run(opts: RunOptions) -> RunResult:
                                                      command=command, token=token,
                                                      overlays=opts.overlays)
         bootargs = DEFAULT_BOOTARGS + (" " + opts.append if opts.append else "")
-        config = MachineConfig(smp=opts.smp, memory_mb=opts.memory_mb, cpu=opts.cpu,
+        ncpus = opts.smp + opts.vm_cpus
+        config = MachineConfig(smp=ncpus, memory_mb=opts.memory_mb, cpu=opts.cpu,
                                shared_ram=opts.transport == "shm")
         machine = QemuMachine(config, workdir)
         dtb, platform = build_dtb(machine, opts, bootargs)
@@ -222,15 +270,24 @@ def run(opts: RunOptions) -> RunResult:
         if opts.dtb_out:
             shutil.copyfile(dtb_path, opts.dtb_out)
         machine.start(shim=shim.binary, dtb=dtb_path, initrd=initrd,
-                      loads=[(kernel, mailbox.GUEST_LOAD_ADDR)], logfile=sink)
+                      loads=[(kernel, mailbox.GUEST_LOAD_ADDR), *opts.extra_loads],
+                      logfile=sink)
         if opts.transport == "shm":
-            transport = ShmTransport(machine.ram, opts.smp)
+            transport = ShmTransport(machine.ram, ncpus, machine.gdb)
         else:
-            transport = GdbTransport(machine.gdb, opts.smp, shim.symbol("doorbell"),
+            transport = GdbTransport(machine.gdb, ncpus, shim.symbol("doorbell"),
                                      opts.memory_mb << 20)
         backend = QemuBackend(transport, platform["gicd"], shim.symbol("secondary_entry"))
         hv = Hypervisor(backend, abi=opts.abi, tracer=tracer)
         transport.write_boot_slot(0, mailbox.GUEST_LOAD_ADDR, 0)
+        reserved = list(range(opts.smp, ncpus))
+        if reserved:
+            transport.write_phys(mailbox.mailbox_address(0) + mailbox.BOOT_RESERVED_MASK,
+                                 struct.pack("<Q", sum(1 << c for c in reserved)))
+            hv.vms.configure(reserved, hyp_memory(opts))
+            hv.vms.console_sink = _vm_console_sink(opts, sink)
+        if opts.on_hypervisor is not None:
+            opts.on_hypervisor(hv)
         if opts.bare_metal:
             transport.write_phys(mailbox.PAYLOAD_PARAMS, mailbox.payload_params(
                 opts.abi, opts.smp, platform["gicd"], platform["gicr"], platform["uart"]))

@@ -35,8 +35,9 @@ class ShmTransport:
     SLEEP_MIN_S = 20e-6
     SLEEP_MAX_S = 1e-3
 
-    def __init__(self, ram, ncpus: int):
+    def __init__(self, ram, ncpus: int, gdb: GdbRemote | None = None):
         self.ram = ram
+        self.gdb = gdb
         self.ncpus = ncpus
         self.ram_size = len(ram)
         self._last_seq = [0] * ncpus
@@ -70,6 +71,17 @@ class ShmTransport:
                 time.sleep(self._sleep)
                 self._sleep = min(self._sleep * 2, self.SLEEP_MAX_S)
 
+    def write_async(self, writes: list[tuple[int, int]]) -> None:
+        """32-bit physical writes (GIC registers) while no call is in flight: briefly stop
+        QEMU through the gdbstub, which is the only way in from outside.  Rare by design."""
+        gdb = self.gdb
+        gdb.interrupt()
+        gdb.wait_stop(5.0)
+        gdb.physical_memory_mode(True)
+        for addr, value in writes:
+            gdb.write_memory(addr, value.to_bytes(4, "little"))
+        gdb.cont()
+
     def reply(self, cpu: int, reply: RawReply, seq: int) -> None:
         off = self._offsets[cpu]
         data = reply.encode()
@@ -86,6 +98,9 @@ class ShmTransport:
         if off < 0 or size < 0 or off + size > self.ram_size:
             raise ValueError(f"physical range {addr:#x}+{size:#x} is not RAM")
         return self.ram[off:off + size]
+
+    def park(self, cpu: int) -> None:
+        """Nothing to do: the CPU spins on its mailbox while the rest runs."""
 
     def write_phys(self, addr: int, data: bytes) -> None:
         off = addr - mailbox.RAM_BASE
@@ -107,28 +122,66 @@ class GdbTransport:
         gdb.physical_memory_mode(True)
         gdb.set_breakpoint(doorbell)
         self._stopped_thread: tuple[int, int] | None = None
+        self._pending_stop = None        # a doorbell stop that arrived while we interrupted
+
+    def write_async(self, writes: list[tuple[int, int]]) -> None:
+        """Interrupt, write, resume.  If a CPU rang the doorbell meanwhile, QEMU reports that
+        stop instead (and ignores our interrupt): keep it for wait() and do not resume."""
+        self.gdb.interrupt()
+        stop = self.gdb.wait_stop(5.0)
+        for addr, value in writes:
+            self.gdb.write_memory(addr, value.to_bytes(4, "little"))
+        if stop is not None and stop.signal == 5:
+            self._pending_stop = stop
+        else:
+            self.gdb.cont()
 
     def wait(self, timeout: float):
         try:
-            stop = self.gdb.wait_stop(timeout)
+            stop, self._pending_stop = self._pending_stop, None
+            if stop is None:
+                stop = self.gdb.wait_stop(timeout)
         except GdbClosed:
             raise TransportClosed() from None
         if stop is None:
             return None
         if stop.exited:
             raise TransportClosed()
+        if stop.signal != 5:                 # not a doorbell: an interrupt of ours; resume
+            self.gdb.cont()
+            return None
         thread = stop.thread or (1, 1)
         self._stopped_thread = thread
         cpu = thread[1] - 1
         page = self.gdb.read_memory(mailbox.mailbox_address(cpu), mailbox.RECORD_BYTES)
         return decode_exit(cpu, page)
 
+    def _thread(self, cpu: int) -> tuple[int, int]:
+        return (self._stopped_thread or (1, 1))[0], cpu + 1
+
+    def park(self, cpu: int) -> None:
+        """Leave this CPU unanswered (spinning on its mailbox) and let the others run."""
+        self.gdb.select_thread(self._thread(cpu), "c")
+        self.gdb.cont(self.doorbell + 4)
+        self._stopped_thread = None
+
     def reply(self, cpu: int, reply: RawReply, seq: int) -> None:
         base = mailbox.mailbox_address(cpu)
+        running = self._stopped_thread is None          # answering a parked CPU later
+        if running:
+            self.gdb.interrupt()
+            stop = self.gdb.wait_stop(5.0)
         self.gdb.write_memory(base + mailbox.R_X0, reply.encode())
         self.gdb.write_memory(base + mailbox.SEQ_ACK, _U64.pack(seq))
+        if running:
+            if stop is not None and stop.signal == 5:
+                self._pending_stop = stop            # someone rang meanwhile: wait() takes it
+            else:
+                self.gdb.cont()
+            return
         self.gdb.select_thread(self._stopped_thread, "c")
         self.gdb.cont(self.doorbell + 4)
+        self._stopped_thread = None
 
     def resume_without_exit(self) -> None:
         """Continue after a stop that was not a doorbell (an interrupt we asked for)."""

@@ -32,8 +32,12 @@ const struct gsim_params *params(void)
 		.magic = 0, .abi = 17, .ncpus = 1, .gicd = 0x08000000, .gicr = 0x080a0000,
 		.uart = 0x09000000,
 	};
+#ifdef GSIM_VM
+	return &plain_virt;      /* inside a VM: only its own memory and emulated devices */
+#else
 	const struct gsim_params *p = (const struct gsim_params *)GSIM_PARAMS_ADDR;
 	return p->magic == GSIM_PARAMS_MAGIC ? p : &plain_virt;
+#endif
 }
 
 void *memset(void *d, int c, unsigned long n)
@@ -153,13 +157,14 @@ void tap_end(void)
 	putc_('\n');
 }
 
-void payload_fault(u64 esr, u64 elr, u64 far)
+__attribute__((weak)) int payload_fault(u64 esr, u64 elr, u64 far)
 {
 	puts_("not ok - unexpected exception at EL1\n");
 	diag("ESR_EL1", esr);
 	diag("ELR_EL1", elr);
 	diag("FAR_EL1", far);
 	puts_("Bail out! exception\n");
+	return 0;
 }
 
 /* --- GICv3 ---------------------------------------------------------------------------------- */

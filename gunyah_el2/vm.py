@@ -1,0 +1,300 @@
+"""Secondary VMs that really run: vCPUs scheduled by the hypervisor on the CPUs it reserved.
+
+The v6 model: the primary's VMM lends memory and asks the RM to start the VM; from then on
+the hypervisor runs the VM's vCPUs itself.  Here a vCPU runs on a physical CPU that the primary
+VM does not know about (the DT does not list it).  Such a CPU waits in the shim (an IDLE exit
+that is left unanswered) until this module answers it with "load this EL1 context and stage-2
+table, and eret into the VM".  The VM's traps then arrive like the primary's, on that CPU's
+mailbox.  Each running vCPU keeps its CPU: with more vCPUs than reserved CPUs the later ones
+wait for a CPU to become free (no time slicing yet).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from . import identify, stage2
+from .backend import EC_HVC64, EC_SMC64, MASK64, Reply, VcpuExit
+from .errors import SMCCC_NOT_SUPPORTED
+
+if TYPE_CHECKING:
+    from .hypervisor import Hypervisor
+
+log = logging.getLogger("gunyah_sim.vm")
+
+# HCR_EL2 for a VM's vCPU: stage 2 on, EL1 AArch64, SMCs trapped, pointer auth not trapped.
+HCR_RW, HCR_TSC, HCR_VM, HCR_APK, HCR_API = 1 << 31, 1 << 19, 1 << 0, 1 << 40, 1 << 41
+HCR_PRIMARY = HCR_RW | HCR_TSC | HCR_APK | HCR_API
+HCR_GUEST_VM = HCR_PRIMARY | HCR_VM
+SPSR_EL1H_MASKED = 0x3C5
+SCTLR_EL1_RESET = 0x30D0_0800
+
+EC_DABT_LOW, EC_IABT_LOW, EC_WFX = 0x24, 0x20, 0x01
+EC_DABT_CUR, EC_IABT_CUR = 0x25, 0x21
+
+# Where a VM's memory starts in its IPA space unless its DT says otherwise (the v6 sample
+# VMM's default guest base).
+DEFAULT_IPA_BASE = 0x8000_0000
+
+# The VM's emulated devices (its DT describes them): one PL011 UART.
+UART_IPA, UART_SIZE = 0x0900_0000, 0x1000
+PL011_DR, PL011_FR = 0x00, 0x18
+PL011_FR_TXFE = 1 << 7
+
+PSCI_VERSION, PSCI_CPU_OFF, PSCI_CPU_ON, PSCI_AFFINITY_INFO = (0x84000000, 0x84000002,
+                                                                0xC4000003, 0xC4000004)
+PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_FEATURES = 0x84000008, 0x84000009, 0x8400000A
+PSCI_SUCCESS, PSCI_INVALID, PSCI_ALREADY_ON = 0, -2, -4
+
+
+@dataclass(frozen=True)
+class EnterVcpu:
+    """Load this EL1 context (and HCR/VTTBR/VTCR) on the CPU, then eret into the vCPU."""
+    context: dict
+
+
+@dataclass(frozen=True)
+class ReturnToIdle:
+    """Leave the VM: restore the host's EL2 configuration and wait for work again."""
+
+
+@dataclass(frozen=True)
+class WriteEl1:
+    """Write EL1 system registers of the vCPU on this CPU (e.g. to inject an abort)."""
+    values: dict
+
+
+@dataclass(frozen=True)
+class InvalidateVmTlb:
+    """TLBI VMALLS12E1IS for the VMID now in VTTBR_EL2."""
+
+
+@dataclass
+class Vcpu:
+    vm: "VmRuntime"
+    index: int
+    regs: list = field(default_factory=lambda: [0] * 31)
+    pc: int = 0
+    state: str = "off"            # off, runnable, running
+    cpu: int | None = None
+
+    def context(self) -> dict:
+        vm = self.vm
+        return {"sctlr_el1": SCTLR_EL1_RESET, "ttbr0_el1": 0, "ttbr1_el1": 0, "tcr_el1": 0,
+                "mair_el1": 0, "amair_el1": 0, "vbar_el1": 0, "cpacr_el1": 0,
+                "contextidr_el1": 0, "tpidr_el1": 0, "tpidr_el0": 0, "tpidrro_el0": 0,
+                "sp_el0": 0, "sp_el1": 0, "elr_el1": 0, "spsr_el1": 0, "cntkctl_el1": 0,
+                "hcr_el2": HCR_GUEST_VM, "vttbr_el2": vm.s2.vttbr, "vtcr_el2": stage2.VTCR}
+
+
+@dataclass
+class VmRuntime:
+    vmid: int
+    s2: stage2.Stage2
+    vcpus: list
+    state: str = "running"        # running, exited
+    exit_reason: str = ""
+    console: bytearray = field(default_factory=bytearray)
+
+
+class VmManager:
+    def __init__(self, hv: "Hypervisor"):
+        self.hv = hv
+        self.vms: dict[int, VmRuntime] = {}
+        self.reserved: list[int] = []            # physical CPUs the primary does not see
+        self.idle: set[int] = set()              # reserved CPUs waiting (IDLE exit parked)
+        self.running: dict[int, Vcpu] = {}       # physical CPU -> vCPU on it
+        self.runnable: list[Vcpu] = []
+        self.outbox: list[tuple[int, Reply]] = []     # answers for parked CPUs
+        self.pages: stage2.PageAllocator | None = None
+        self.on_exit: Callable[[VmRuntime], None] = lambda vm: None
+        self.console_sink: Callable[[int, str], None] = \
+            lambda vmid, line: log.info("vm%d: %s", vmid, line)
+
+    def configure(self, reserved_cpus: list[int], hyp_memory: tuple[int, int]) -> None:
+        """Which CPUs and which memory (base, size) the hypervisor keeps for itself."""
+        self.reserved = list(reserved_cpus)
+        self.pages = stage2.PageAllocator(hyp_memory[0], hyp_memory[1],
+                                          self.hv.backend.write_phys)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def create(self, vmid: int, regions: list[tuple[int, int, int]], entry: int, x0: int,
+               ncpus: int = 1) -> VmRuntime:
+        """Build the VM's stage 2 from (ipa, pa, size) regions and make vCPU 0 runnable."""
+        if self.pages is None:
+            raise RuntimeError("no CPUs or memory are reserved for VMs (see --vm-cpus)")
+        if vmid in self.vms and self.vms[vmid].state == "running":
+            raise ValueError(f"VM {vmid} is already running")
+        be = self.hv.backend
+        s2 = stage2.Stage2(vmid, self.pages, be.read_phys, be.write_phys)
+        for ipa, pa, size in regions:
+            s2.map(ipa, pa, size)
+        vm = VmRuntime(vmid, s2, [])
+        vm.vcpus = [Vcpu(vm, i) for i in range(ncpus)]
+        self.vms[vmid] = vm
+        boot = vm.vcpus[0]
+        boot.pc, boot.regs[0] = entry, x0
+        self._make_runnable(boot)
+        self.hv.note_event("vm_start", vmid=vmid, entry=entry, vcpus=ncpus)
+        return vm
+
+    def stop(self, vmid: int, reason: str) -> None:
+        """Mark the VM exited; a vCPU still in the guest is taken off its CPU at its next trap."""
+        vm = self.vms.get(vmid)
+        if vm is None or vm.state == "exited":
+            return
+        vm.state, vm.exit_reason = "exited", reason
+        for vcpu in vm.vcpus:
+            if vcpu.state == "runnable":
+                self.runnable.remove(vcpu)
+                vcpu.state = "off"
+        self._flush_console(vm)
+        self.hv.note_event("vm_exit", vmid=vmid, reason=reason)
+        self.on_exit(vm)
+
+    # --- scheduling ----------------------------------------------------------------------------
+    def _make_runnable(self, vcpu: Vcpu) -> None:
+        vcpu.state = "runnable"
+        self.runnable.append(vcpu)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.runnable and self.idle:
+            cpu = min(self.idle)
+            self.idle.discard(cpu)
+            vcpu = self.runnable.pop(0)
+            vcpu.state, vcpu.cpu = "running", cpu
+            self.running[cpu] = vcpu
+            reply = Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=SPSR_EL1H_MASKED,
+                          actions=[EnterVcpu(vcpu.context())])
+            self.outbox.append((cpu, reply))
+            log.info("vm%d vcpu%d runs on cpu%d at %#x", vcpu.vm.vmid, vcpu.index, cpu, vcpu.pc)
+
+    def handle_idle(self, exit_: VcpuExit) -> Reply | None:
+        """A reserved CPU asks for work: answer now if a vCPU waits, else leave it parked."""
+        self.idle.add(exit_.cpu)
+        self._dispatch()
+        for i, (cpu, reply) in enumerate(self.outbox):
+            if cpu == exit_.cpu:
+                del self.outbox[i]
+                return reply
+        return None
+
+    def take_outbox(self) -> list[tuple[int, Reply]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def owns(self, cpu: int) -> bool:
+        return cpu in self.running
+
+    def _leave(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
+        """Take the vCPU off its CPU and send the CPU back to waiting for work."""
+        del self.running[exit_.cpu]
+        vcpu.state, vcpu.cpu = "off", None
+        return Reply(x=list(exit_.x), pc=exit_.elr, actions=[ReturnToIdle()])
+
+    # --- the VM's traps ------------------------------------------------------------------------
+    def handle_exit(self, exit_: VcpuExit) -> Reply:
+        vcpu = self.running[exit_.cpu]
+        vm = vcpu.vm
+        if vm.state != "running":
+            return self._leave(exit_, vcpu)
+        ec = exit_.ec
+        if ec in (EC_HVC64, EC_SMC64):
+            return self._call(exit_, vcpu)
+        if ec == EC_DABT_LOW:
+            return self._data_abort(exit_, vcpu)
+        if ec == EC_WFX:
+            return Reply(x=list(exit_.x), pc=exit_.elr + 4)
+        if ec == EC_IABT_LOW:
+            return self._inject_abort(exit_, EC_IABT_CUR, "instruction abort outside its memory")
+        log.error("vm%d: unhandled exit EC %#x at %#x: stopping the VM", vm.vmid, ec, exit_.elr)
+        self.stop(vm.vmid, f"unhandled exit EC {ec:#x}")
+        return self._leave(exit_, vcpu)
+
+    def _call(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
+        """PSCI is the hypervisor's own for VMs (its vCPUs are virtual); the rest is shared."""
+        vm, fid, x = vcpu.vm, exit_.x[0] & 0xFFFF_FFFF, list(exit_.x)
+        reply = Reply(x=x, pc=exit_.next_pc)
+        if fid == PSCI_SYSTEM_OFF:
+            self.stop(vm.vmid, "powered off")
+            return self._leave(exit_, vcpu)
+        if fid == PSCI_SYSTEM_RESET:
+            self.stop(vm.vmid, "reset")
+            return self._leave(exit_, vcpu)
+        if fid == PSCI_CPU_OFF:
+            if all(v.state == "off" or v is vcpu for v in vm.vcpus):
+                self.stop(vm.vmid, "all vCPUs off")
+            return self._leave(exit_, vcpu)
+        if fid == PSCI_VERSION:
+            x[0] = 0x10001
+        elif fid == PSCI_FEATURES:
+            x[0] = 0 if (exit_.x[1] & 0xFFFF_FFFF) in (PSCI_CPU_ON, PSCI_CPU_OFF, PSCI_VERSION,
+                                                       PSCI_SYSTEM_OFF, PSCI_AFFINITY_INFO) \
+                else SMCCC_NOT_SUPPORTED & MASK64
+        elif fid == PSCI_CPU_ON:
+            x[0] = self._cpu_on(vm, exit_.x[1] & 0xFF, exit_.x[2], exit_.x[3]) & MASK64
+        elif fid == PSCI_AFFINITY_INFO:
+            target = exit_.x[1] & 0xFF
+            x[0] = (0 if vm.vcpus[target].state != "off" else 1) if target < len(vm.vcpus) \
+                else PSCI_INVALID & MASK64
+        else:
+            call = self.hv.calls.lookup(fid)
+            if call is not None and call.handler in (identify.vendor_hyp_call_uid,
+                                                     identify.hyp_identify,
+                                                     identify.vendor_hyp_revision) \
+                    or fid in (0x80000000, 0x80000001):
+                return self.hv.dispatch_call(exit_)
+            x[0] = SMCCC_NOT_SUPPORTED & MASK64
+        self.hv.tracer.call(exit_, f"vm{vm.vmid}_call", {"fid": fid}, {"x0": x[0]},
+                            self.hv.tracer.t0)
+        return reply
+
+    def _cpu_on(self, vm: VmRuntime, target: int, entry: int, context: int) -> int:
+        if target >= len(vm.vcpus):
+            return PSCI_INVALID
+        vcpu = vm.vcpus[target]
+        if vcpu.state != "off":
+            return PSCI_ALREADY_ON
+        vcpu.regs = [0] * 31
+        vcpu.regs[0], vcpu.pc = context, entry
+        self._make_runnable(vcpu)
+        return PSCI_SUCCESS
+
+    def _data_abort(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
+        ipa = ((exit_.hpfar >> 4) << 12) | (exit_.far & 0xFFF)
+        iss = exit_.esr & 0x1FF_FFFF
+        if UART_IPA <= ipa < UART_IPA + UART_SIZE and iss & (1 << 24):   # ISV: decodable
+            srt, write = (iss >> 16) & 0x1F, bool(iss & (1 << 6))
+            x = list(exit_.x)
+            offset = ipa - UART_IPA
+            if write and offset == PL011_DR and srt != 31:
+                self._console_byte(vcpu.vm, exit_.x[srt] & 0xFF)
+            elif not write and srt != 31:
+                x[srt] = PL011_FR_TXFE if offset == PL011_FR else 0
+            return Reply(x=x, pc=exit_.elr + 4)
+        return self._inject_abort(exit_, EC_DABT_CUR, f"access to IPA {ipa:#x} outside its memory")
+
+    def _inject_abort(self, exit_: VcpuExit, ec: int, why: str) -> Reply:
+        """Deliver a synchronous external abort to the VM's EL1, as a stray access deserves."""
+        vm = self.running[exit_.cpu].vm
+        self.hv.note_event("vm_fault", vmid=vm.vmid, pc=exit_.elr, far=exit_.far, why=why)
+        from_el0 = (exit_.spsr & 0xF) == 0
+        esr = (ec - (1 if from_el0 else 0)) << 26 | (1 << 25) | 0x10     # IL, sync external abort
+        vector = exit_.vbar + (0x400 if from_el0 else 0x200)
+        return Reply(x=list(exit_.x), pc=vector, spsr=SPSR_EL1H_MASKED,
+                     actions=[WriteEl1({"esr_el1": esr, "far_el1": exit_.far,
+                                        "elr_el1": exit_.elr, "spsr_el1": exit_.spsr})])
+
+    # --- console -------------------------------------------------------------------------------
+    def _console_byte(self, vm: VmRuntime, byte: int) -> None:
+        if byte == 0x0A:
+            self._flush_console(vm)
+        elif byte != 0x0D:
+            vm.console.append(byte)
+
+    def _flush_console(self, vm: VmRuntime) -> None:
+        if vm.console:
+            self.console_sink(vm.vmid, vm.console.decode(errors="replace"))
+            vm.console.clear()
