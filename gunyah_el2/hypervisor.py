@@ -16,6 +16,7 @@ from .calls import Call, CallTable
 from .capabilities import CSPACE_SLOTS, PrimaryVm
 from .errors import SMCCC_NOT_SUPPORTED, GunyahError, HypercallFailed
 from .trace import Tracer
+from . import vm
 from .vm import VmManager
 
 log = logging.getLogger("gunyah_sim.hyp")
@@ -90,6 +91,12 @@ class Hypervisor:
         return cap
 
     # --- interrupts --------------------------------------------------------------------------
+    def add_call_action(self, action) -> bool:
+        """Attach an EL2 action to the reply of the primary's call in flight (False: none)."""
+        if self._in_call:
+            self._pending_actions.append(action)
+        return self._in_call
+
     def raise_spi(self, spi: int) -> None:
         """Raise an SPI: with the current call's reply if one is in flight, else right away."""
         if self._in_call:
@@ -117,6 +124,14 @@ class Hypervisor:
     def dispatch_call(self, exit: VcpuExit) -> Reply:
         started = time.perf_counter()
         reply = Reply(x=list(exit.x), pc=exit.next_pc)
+        if exit.ec in (vm.EC_DABT_LOW, vm.EC_IABT_LOW):
+            # The primary touched memory it lent away (or the hypervisor's): an abort for it.
+            self.note_event("primary_fault", cpu=exit.cpu, pc=exit.elr, far=exit.far)
+            log.warning("cpu%d: primary VM access to %#x at %#x faulted at stage 2",
+                        exit.cpu, exit.far, exit.elr)
+            self.tracer.call(exit, "stage2_fault", {"far": exit.far}, {}, started)
+            ec = vm.EC_DABT_CUR if exit.ec == vm.EC_DABT_LOW else vm.EC_IABT_CUR
+            return vm.inject_abort(exit, ec)
         if exit.conduit not in ("hvc", "smc"):
             log.error("cpu%d: unhandled exit (ESR %#x at %#x); skipping the instruction",
                       exit.cpu, exit.esr, exit.elr)

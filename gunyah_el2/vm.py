@@ -37,6 +37,8 @@ EC_DABT_CUR, EC_IABT_CUR = 0x25, 0x21
 # VMM's default guest base).
 DEFAULT_IPA_BASE = 0x8000_0000
 
+PRIMARY_S2_VMID = 3         # the primary VM's VMID, as the RM numbers it
+
 # The VM's emulated devices (its DT describes them): one PL011 UART.
 UART_IPA, UART_SIZE = 0x0900_0000, 0x1000
 PL011_DR, PL011_FR = 0x00, 0x18
@@ -68,6 +70,20 @@ class WriteEl1:
 @dataclass(frozen=True)
 class InvalidateVmTlb:
     """TLBI VMALLS12E1IS for the VMID now in VTTBR_EL2."""
+
+
+def inject_abort(exit_: VcpuExit, ec_same_el: int) -> Reply:
+    """Deliver a synchronous external abort to the trapping EL1 (as a stray access deserves).
+
+    `ec_same_el` is the exception class for an abort taken from EL1 (0x25 data, 0x21
+    instruction); from EL0 the class is one less.  The guest resumes at its VBAR_EL1 vector.
+    """
+    from_el0 = (exit_.spsr & 0xF) == 0
+    esr = (ec_same_el - (1 if from_el0 else 0)) << 26 | (1 << 25) | 0x10   # IL, external abort
+    vector = exit_.vbar + (0x400 if from_el0 else 0x200)
+    return Reply(x=list(exit_.x), pc=vector, spsr=SPSR_EL1H_MASKED,
+                 actions=[WriteEl1({"esr_el1": esr, "far_el1": exit_.far,
+                                    "elr_el1": exit_.elr, "spsr_el1": exit_.spsr})])
 
 
 @dataclass
@@ -108,15 +124,40 @@ class VmManager:
         self.runnable: list[Vcpu] = []
         self.outbox: list[tuple[int, Reply]] = []     # answers for parked CPUs
         self.pages: stage2.PageAllocator | None = None
+        self.primary_s2: stage2.Stage2 | None = None
         self.on_exit: Callable[[VmRuntime], None] = lambda vm: None
         self.console_sink: Callable[[int, str], None] = \
             lambda vmid, line: log.info("vm%d: %s", vmid, line)
 
-    def configure(self, reserved_cpus: list[int], hyp_memory: tuple[int, int]) -> None:
-        """Which CPUs and which memory (base, size) the hypervisor keeps for itself."""
+    def configure(self, reserved_cpus: list[int], hyp_memory: tuple[int, int],
+                  ram: tuple[int, int]) -> None:
+        """Which CPUs and which memory (base, size) the hypervisor keeps for itself.
+
+        The primary VM then runs under stage 2 too, mapped 1:1 except the hypervisor's memory,
+        so that a page it lends really leaves it (and comes back on reclaim).
+        """
         self.reserved = list(reserved_cpus)
-        self.pages = stage2.PageAllocator(hyp_memory[0], hyp_memory[1],
-                                          self.hv.backend.write_phys)
+        be = self.hv.backend
+        self.pages = stage2.PageAllocator(hyp_memory[0], hyp_memory[1], be.write_phys)
+        s2 = stage2.Stage2(PRIMARY_S2_VMID, self.pages, be.read_phys, be.write_phys)
+        ram_base, ram_size = ram
+        gib = 1 << 30
+        for block in range(0, 1 << stage2.IPA_BITS, gib):     # devices: everything but RAM
+            if block + gib <= ram_base or block >= ram_base + ram_size:
+                s2.map(block, block, gib, device=True)
+        s2.map(ram_base, ram_base, hyp_memory[0] - ram_base)
+        self.primary_s2 = s2
+
+    def primary_unmap(self, ranges: list[tuple[int, int]]) -> None:
+        """Lent or donated pages leave the primary's address space (TLBs: the caller's reply)."""
+        if self.primary_s2 is not None:
+            for base, size in ranges:
+                self.primary_s2.unmap(base, size)
+
+    def primary_map(self, ranges: list[tuple[int, int]]) -> None:
+        if self.primary_s2 is not None:
+            for base, size in ranges:
+                self.primary_s2.map(base, base, size)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def create(self, vmid: int, regions: list[tuple[int, int, int]], entry: int, x0: int,
@@ -139,8 +180,10 @@ class VmManager:
         self.hv.note_event("vm_start", vmid=vmid, entry=entry, vcpus=ncpus)
         return vm
 
-    def stop(self, vmid: int, reason: str) -> None:
-        """Mark the VM exited; a vCPU still in the guest is taken off its CPU at its next trap."""
+    def stop(self, vmid: int, reason: str, report: bool = True) -> None:
+        """Mark the VM exited; a vCPU still in the guest is taken off its CPU at its next trap.
+
+        `report`: tell on_exit (the RM), which it wants when the VM stopped by itself."""
         vm = self.vms.get(vmid)
         if vm is None or vm.state == "exited":
             return
@@ -151,7 +194,8 @@ class VmManager:
                 vcpu.state = "off"
         self._flush_console(vm)
         self.hv.note_event("vm_exit", vmid=vmid, reason=reason)
-        self.on_exit(vm)
+        if report:
+            self.on_exit(vm)
 
     # --- scheduling ----------------------------------------------------------------------------
     def _make_runnable(self, vcpu: Vcpu) -> None:
@@ -277,15 +321,9 @@ class VmManager:
         return self._inject_abort(exit_, EC_DABT_CUR, f"access to IPA {ipa:#x} outside its memory")
 
     def _inject_abort(self, exit_: VcpuExit, ec: int, why: str) -> Reply:
-        """Deliver a synchronous external abort to the VM's EL1, as a stray access deserves."""
         vm = self.running[exit_.cpu].vm
         self.hv.note_event("vm_fault", vmid=vm.vmid, pc=exit_.elr, far=exit_.far, why=why)
-        from_el0 = (exit_.spsr & 0xF) == 0
-        esr = (ec - (1 if from_el0 else 0)) << 26 | (1 << 25) | 0x10     # IL, sync external abort
-        vector = exit_.vbar + (0x400 if from_el0 else 0x200)
-        return Reply(x=list(exit_.x), pc=vector, spsr=SPSR_EL1H_MASKED,
-                     actions=[WriteEl1({"esr_el1": esr, "far_el1": exit_.far,
-                                        "elr_el1": exit_.elr, "spsr_el1": exit_.spsr})])
+        return inject_abort(exit_, ec)
 
     # --- console -------------------------------------------------------------------------------
     def _console_byte(self, vm: VmRuntime, byte: int) -> None:

@@ -51,6 +51,12 @@ def machine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--smp", type=int, default=1, metavar="N", help="number of CPUs")
     g.add_argument("--memory", type=int, default=512, metavar="MB", help="guest RAM in MiB")
     g.add_argument("--cpu", default="cortex-a57", metavar="MODEL", help="QEMU CPU model")
+    g.add_argument("--vm-cpus", type=int, default=0, metavar="N",
+                   help="extra CPUs the hypervisor keeps to run secondary VMs' vCPUs (hidden "
+                   "from the primary's DT); with N > 0 the primary also runs under stage 2, "
+                   "so lent memory really leaves it")
+    g.add_argument("--vm-console", type=Path, metavar="DIR",
+                   help="also write each secondary VM's console to DIR/vmN.log")
     g.add_argument("--abi", choices=ABIS, default=DEFAULT_ABI,
                    help="Gunyah driver generation to serve (UID encoding and DT binding)")
 
@@ -129,6 +135,7 @@ def run_options_from(args) -> "RunOptions":
     return RunOptions(
         kernel=args.kernel, initrd=args.initrd, overlays=args.overlay, append=args.append,
         smp=args.smp, memory_mb=args.memory, cpu=args.cpu, abi=args.abi,
+        vm_cpus=args.vm_cpus, vm_console_dir=args.vm_console,
         timeout=getattr(args, "timeout", 300.0), transport=getattr(args, "transport", "shm"),
         trace=getattr(args, "trace", None), dtb_out=getattr(args, "dtb_out", None),
         console_log=getattr(args, "console_log", None), quiet=getattr(args, "quiet", False))
@@ -138,6 +145,8 @@ def check_machine_args(args) -> str | None:
     from . import mailbox
     if not 1 <= args.smp <= mailbox.MAX_CPUS:
         return f"--smp must be 1..{mailbox.MAX_CPUS}"
+    if args.vm_cpus < 0 or args.smp + args.vm_cpus > mailbox.MAX_CPUS:
+        return f"--smp plus --vm-cpus must be at most {mailbox.MAX_CPUS}"
     if args.memory < 64:
         return "--memory must be at least 64 MiB"
     for path in [args.kernel, args.initrd, *args.overlay]:

@@ -21,7 +21,7 @@ import pexpect
 
 from dts import generate as dtgen
 from guest import build as guest_build
-from gunyah_el2 import capabilities
+from gunyah_el2 import capabilities, stage2, vm_rm
 from gunyah_el2.backend import CpuOn, ForwardSmc, RaiseSpi, Reply
 from gunyah_el2.hypervisor import DEFAULT_ABI, Hypervisor
 from gunyah_el2.vm import EnterVcpu, HCR_PRIMARY, InvalidateVmTlb, ReturnToIdle, WriteEl1
@@ -101,6 +101,7 @@ class QemuBackend:
         self.gicd_base = gicd_base
         self.secondary_entry = secondary_entry
         self.async_spis: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.primary_stage2 = (0, 0)        # (VTTBR, VTCR) of the primary VM; 0: stage 2 off
 
     def read_phys(self, addr: int, size: int) -> bytes:
         return self.transport.read_phys(addr, size)
@@ -128,6 +129,8 @@ class QemuBackend:
                     x[0] = (-2) & 0xFFFF_FFFF_FFFF_FFFF       # PSCI INVALID_PARAMETERS
                     continue
                 self.transport.write_boot_slot(target, action.entry, action.context)
+                self.transport.write_phys(mailbox.mailbox_address(target) + mailbox.BOOT_VTTBR,
+                                          struct.pack("<QQ", *self.primary_stage2))
                 x[2], x[3] = self.secondary_entry, target
                 commands.append((mailbox.OP_SMC, 0, 0))
             elif isinstance(action, RaiseSpi):
@@ -284,8 +287,13 @@ def run(opts: RunOptions) -> RunResult:
         if reserved:
             transport.write_phys(mailbox.mailbox_address(0) + mailbox.BOOT_RESERVED_MASK,
                                  struct.pack("<Q", sum(1 << c for c in reserved)))
-            hv.vms.configure(reserved, hyp_memory(opts))
+            hv.vms.configure(reserved, hyp_memory(opts),
+                             (mailbox.RAM_BASE, opts.memory_mb << 20))
+            backend.primary_stage2 = (hv.vms.primary_s2.vttbr, stage2.VTCR)
+            transport.write_phys(mailbox.mailbox_address(0) + mailbox.BOOT_VTTBR,
+                                 struct.pack("<QQ", *backend.primary_stage2))
             hv.vms.console_sink = _vm_console_sink(opts, sink)
+        vm_rm.attach(hv)
         if opts.on_hypervisor is not None:
             opts.on_hypervisor(hv)
         if opts.bare_metal:

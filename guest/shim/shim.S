@@ -107,7 +107,8 @@ primary_entry:
 3:	lsr	x22, x22, #1
 	add	x23, x23, #1
 	b	1b
-2:	ldr	x10, [x9, #MB_BOOT_ENTRY]
+2:	bl	primary_stage2
+	ldr	x10, [x9, #MB_BOOT_ENTRY]
 	msr	elr_el2, x10
 	mov	x0, x21
 	b	enter_guest
@@ -116,6 +117,7 @@ primary_entry:
 	.global secondary_entry
 secondary_entry:
 	bl	el2_setup
+	bl	primary_stage2
 	ldr	x10, [x9, #MB_BOOT_ENTRY]
 	msr	elr_el2, x10
 	ldr	x0, [x9, #MB_BOOT_CONTEXT]
@@ -124,6 +126,22 @@ enter_guest:
 	mov	x2, xzr
 	mov	x3, xzr
 	eret
+
+/* If Python gave the primary VM a stage-2 table (VMs can run), turn stage 2 on for it. */
+primary_stage2:
+	ldr	x10, [x9, #MB_BOOT_VTTBR]
+	cbz	x10, 1f
+	msr	vttbr_el2, x10
+	ldr	x10, [x9, #MB_BOOT_VTCR]
+	msr	vtcr_el2, x10
+	mrs	x10, hcr_el2
+	orr	x10, x10, #1			/* HCR_EL2.VM */
+	msr	hcr_el2, x10
+	isb
+	tlbi	vmalls12e1
+	dsb	nsh
+	isb
+1:	ret
 
 /* A CPU reserved for the hypervisor: set up EL2, then wait for Python to give it a vCPU. */
 reserved_entry:
