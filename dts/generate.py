@@ -129,3 +129,33 @@ def build_guest_dt(base_dtb: bytes, *, reserved: list[tuple[str, int, int]],
 
 def dtb_to_dts(dtb: bytes) -> str:
     return fdt.parse_dtb(dtb).to_dts()
+
+
+def vm_dtb(ncpus: int, ipa_base: int) -> bytes:
+    """A minimal DT for a secondary VM: its CPUs and where its memory starts.
+
+    The RM reads the memory base from the gunyah-vm-config node (as the v6 sample VM's DT
+    gives it) and the vCPU count from /cpus.
+    """
+    tree = fdt.FDT()
+    tree.set_property("#address-cells", 2, "/")
+    tree.set_property("#size-cells", 2, "/")
+    tree.set_property("compatible", "gunyah-sim,test-vm", "/")
+    cpus = fdt.Node("cpus")
+    cpus.append(fdt.PropWords("#address-cells", 1))
+    cpus.append(fdt.PropWords("#size-cells", 0))
+    for i in range(ncpus):
+        cpu = fdt.Node(f"cpu@{i}")
+        cpu.append(fdt.PropStrings("device_type", "cpu"))
+        cpu.append(fdt.PropStrings("compatible", "arm,armv8"))
+        cpu.append(fdt.PropWords("reg", i))
+        cpus.append(cpu)
+    tree.add_item(cpus, "/")
+    config = fdt.Node("gunyah-vm-config")
+    config.append(fdt.PropStrings("image-name", "gunyah-sim-test-vm"))
+    config.append(fdt.PropStrings("os-type", "linux"))
+    memory = fdt.Node("memory")
+    memory.append(fdt.PropWords("base-address", *_words64(ipa_base)))
+    config.append(memory)
+    tree.add_item(config, "/")
+    return tree.to_dtb(version=17)

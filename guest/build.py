@@ -85,13 +85,15 @@ def build_shim(out_dir: Path | None = None) -> Shim:
 
 # --- bare-metal payloads (conformance suites, benchmarks) -----------------------------------
 PAYLOAD_DIR = GUEST_DIR / "payloads"
-PAYLOAD_COMMON = ("start.S", "lib.c")
+PAYLOAD_COMMON = ("start.S", "lib.c", "rm_client.c")
 PAYLOAD_CFLAGS = ["-O2", "-Wall", "-Werror", "-ffreestanding", "-nostdlib", "-static",
                   "-fno-pic", "-fno-stack-protector", "-mgeneral-regs-only", "-mstrict-align"]
 
 
 def payload_names() -> list[str]:
-    return sorted(p.stem for p in PAYLOAD_DIR.glob("*.c") if p.name != "lib.c")
+    """Test suites, benchmarks and VM-side payloads (the other .c files are their runtime)."""
+    return sorted(p.stem for p in PAYLOAD_DIR.glob("*.c")
+                  if p.stem.startswith(("suite_", "bench_", "vm_")))
 
 
 def params_header() -> str:

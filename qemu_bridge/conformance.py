@@ -25,6 +25,25 @@ class Suite:
     payload: str          # guest/payloads/<payload>.c
     smp: int
     description: str
+    vm_cpus: int = 0      # CPUs reserved for secondary VMs
+    loads: object = None  # () -> [(file, physical address)] the host puts in RAM first
+
+
+def _vm_suite_loads() -> list:
+    """VM A (1 vCPU) and VM B (2 vCPUs): vm_hello's image at the start of each VM's memory
+    and a DTB for it at +1 MiB, which the primary payload lends and starts through the RM."""
+    from dts.generate import vm_dtb
+    from guest.build import build_payload, cache_dir
+    from gunyah_el2 import capabilities, vm
+    image = build_payload("vm_hello")
+    loads = []
+    for pa, ncpus in zip(capabilities.VM_TEST_MEMORY, (1, 2)):
+        path = cache_dir() / "build" / "payloads" / f"vm-{ncpus}cpu.dtb"
+        blob = vm_dtb(ncpus, vm.DEFAULT_IPA_BASE)
+        if not path.exists() or path.read_bytes() != blob:
+            path.write_bytes(blob)
+        loads += [(image, pa), (path, pa + 0x10_0000)]
+    return loads
 
 
 SUITES = {
@@ -33,6 +52,10 @@ SUITES = {
               "SMCCC, PSCI (CPU_ON on a second CPU), vendor UID and hyp_identify"),
         Suite("msgq", "suite_msgq", 1,
               "message queues: send/receive, error codes, full/empty, GIC interrupts"),
+        Suite("vm", "suite_vm", 1,
+              "secondary VMs through the RM: lend, configure, start two VMs (1 and 2 vCPUs), "
+              "stage-2 isolation both ways, exit notifications, reclaim", vm_cpus=3,
+              loads=_vm_suite_loads),
     )
 }
 
@@ -90,9 +113,21 @@ def run_suite(suite: Suite, abi: str, *, transport: str = "shm", timeout: float 
         log = Path(tmp) / "console.log"
         result = run(RunOptions(kernel=build_payload(suite.payload), bare_metal=True, abi=abi,
                                 smp=suite.smp, timeout=timeout, transport=transport,
-                                console_log=log, quiet=not verbose, trace=trace))
+                                console_log=log, quiet=not verbose, trace=trace,
+                                vm_cpus=suite.vm_cpus,
+                                extra_loads=suite.loads() if suite.loads else [],
+                                vm_console_dir=Path(tmp) / "vms"))
+        vm_logs = sorted((Path(tmp) / "vms").glob("vm*.log"))
+        vm_output = {p.stem: p.read_text(errors="replace") for p in vm_logs}
         output = log.read_text(errors="replace") if log.exists() else ""
-    cases, plan, bailed = parse_tap(output)
+    cases, plan, bailed = parse_tap(re.sub(r"(?m)^\[vm\d+\] .*\n?", "", output))
+    for name, text in vm_output.items():           # each VM's own TAP: cases of this suite too
+        vm_cases, vm_plan, vm_bailed = parse_tap(text)
+        for c in vm_cases:
+            c.name = f"{name}: {c.name}"
+        cases += vm_cases
+        bailed |= vm_bailed or vm_plan != len(vm_cases)
+        plan = None if plan is None else plan + len(vm_cases)
     problem = None
     if not result.ok:
         problem = result.reason

@@ -219,7 +219,7 @@ def hyp_memory(opts: RunOptions) -> tuple[int, int]:
 def _vm_console_sink(opts: RunOptions, sink):
     """VM console lines go to the console stream, prefixed, and to --vm-console DIR/vmN.log."""
     def emit(vmid: int, line: str) -> None:
-        sink.write(f"[vm{vmid}] {line}\n")
+        sink.write_line(f"[vm{vmid}] {line}")
         if opts.vm_console_dir is not None:
             opts.vm_console_dir.mkdir(parents=True, exist_ok=True)
             with open(opts.vm_console_dir / f"vm{vmid}.log", "a", encoding="utf-8") as f:

@@ -28,7 +28,7 @@ def test_bare_metal_vm_runs_isolated_and_exits(transport, tmp_path, no_leftovers
     assert result.ok, result.failure_report()
     vm_lines = (tmp_path / "vms" / "vm128.log").read_text()
     cases, plan, _ = parse_tap(vm_lines)
-    assert plan == len(cases) == 8 and all(c.passed for c in cases), vm_lines
+    assert plan == len(cases) == 9 and all(c.passed for c in cases), vm_lines
     assert "VM-HELLO-DONE" in vm_lines
     events = [e["event"] for e in result.events]
     assert events.count("vm_fault") == 2 and "vm_exit" in events

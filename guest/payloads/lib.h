@@ -7,6 +7,7 @@
 
 typedef uint64_t u64;
 typedef uint32_t u32;
+typedef uint16_t u16;
 
 struct smccc_res { u64 x0, x1, x2, x3; };
 
