@@ -52,6 +52,8 @@ SUITES = {
               "SMCCC, PSCI (CPU_ON on a second CPU), vendor UID and hyp_identify"),
         Suite("msgq", "suite_msgq", 1,
               "message queues: send/receive, error codes, full/empty, GIC interrupts"),
+        Suite("rm", "suite_rm", 1,
+              "Resource Manager RPC: VMIDs, VM states, memory parcels, errors, fragments"),
         Suite("vm", "suite_vm", 1,
               "secondary VMs through the RM: lend, configure, start two VMs (1 and 2 vCPUs), "
               "stage-2 isolation both ways, exit notifications, reclaim", vm_cpus=3,
@@ -208,7 +210,8 @@ def cmd_conformance(args) -> int:
         return exitcodes.OK
     if not args.verbose:       # the suites provoke unknown calls on purpose; keep them quiet
         import logging
-        logging.getLogger("gunyah_sim.hyp").setLevel(logging.ERROR)
+        for name in ("gunyah_sim.hyp", "gunyah_sim.rm"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     names = args.suite or list(SUITES)
     abis = args.abi or list(ABIS)
     results = []

@@ -53,13 +53,14 @@ static int send_request(u32 msg_id, u16 seq, const unsigned char *req, u32 len)
 static u32 receive_one(u64 spins)
 {
 	for (u64 i = 0; ; i++) {
+		/* Take a pending "message available" interrupt, waiting for one after the first try. */
+		if (gic_poll(i ? 200000 : 1) == 32 + GSIM_RM_RX_SPI)
+			rx_irqs++;
 		struct smccc_res r = hvc(MSGQ_RECV, GSIM_RM_RX_CAPID, (u64)msg, MSG_MAX, 0, 0);
 		if (r.x0 == 0)
 			return (u32)r.x1;
 		if (i >= spins)
 			return 0;
-		if (gic_poll(200000) == 32 + GSIM_RM_RX_SPI)     /* wait for "message available" */
-			rx_irqs++;
 	}
 }
 
