@@ -3,6 +3,8 @@
 Each suite is a bare-metal payload (guest/payloads/suite_*.c) that the EL2 shim starts at EL1
 in place of Linux; it makes real hypercalls, prints TAP on the UART and powers off.  A suite
 runs once per driver generation (--abi) because the answers differ (the UID, for one).
+Suites of kind "linux" boot the default Linux guest instead and load a test module
+(qemu_bridge/linux_suite.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Suite:
     description: str
     vm_cpus: int = 0      # CPUs reserved for secondary VMs
     loads: object = None  # () -> [(file, physical address)] the host puts in RAM first
+    kind: str = "payload"  # "payload": bare-metal payload; "linux": Linux guest + test module
 
 
 def _vm_suite_loads() -> list:
@@ -58,6 +61,10 @@ SUITES = {
               "secondary VMs through the RM: lend, configure, start two VMs (1 and 2 vCPUs), "
               "stage-2 isolation both ways, exit notifications, reclaim", vm_cpus=3,
               loads=_vm_suite_loads),
+        Suite("linux", "gsim_rmtest", 1,
+              "Linux guest: the gsim_rmtest module finds the RM in the DT and runs RM RPCs over "
+              "real hypercalls and interrupts (VMIDs, lend/reclaim, fragments, bad requests)",
+              kind="linux"),
     )
 }
 
@@ -108,6 +115,10 @@ def parse_tap(text: str) -> tuple[list[Case], int | None, bool]:
 
 def run_suite(suite: Suite, abi: str, *, transport: str = "shm", timeout: float = 120.0,
               trace: Path | None = None, verbose: bool = False) -> SuiteResult:
+    if suite.kind == "linux":
+        from .linux_suite import run_linux_suite
+        return run_linux_suite(suite, abi, transport=transport, timeout=timeout, trace=trace,
+                               verbose=verbose)
     from guest.build import build_payload
     from .session import RunOptions, run
     started = time.monotonic()
