@@ -7,7 +7,7 @@ from qemu_bridge.conformance import SUITES, parse_tap, run_suite
 
 pytestmark = pytest.mark.qemu
 
-MIN_CASES = {"hypercalls": 25, "msgq": 25, "rm": 25, "vm": 30}
+MIN_CASES = {"hypercalls": 25, "msgq": 25, "rm": 25, "vm": 30, "linux": 20}
 
 
 @pytest.mark.parametrize("abi", ["v6", "v17"])
