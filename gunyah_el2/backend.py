@@ -83,6 +83,8 @@ class Backend(Protocol):
     def write_phys(self, addr: int, data: bytes) -> None: ...
     def raise_spi_async(self, spi: int) -> None:
         """Raise an SPI while no call of the target CPU is in flight."""
+    def kick_async(self, cpu: int) -> None:
+        """Make the vCPU running on `cpu` trap to EL2 (see gunyah_el2.vm.Kick)."""
 
 
 class FakeBackend:
@@ -94,6 +96,7 @@ class FakeBackend:
         self.ram_base, self.ram_size = ram_base, ram_size
         self.pages: dict[int, bytearray] = {}
         self.async_spis: list[int] = []
+        self.async_kicks: list[int] = []
 
     def _check(self, addr: int, size: int) -> None:
         if addr < self.ram_base or addr + size > self.ram_base + self.ram_size:
@@ -120,3 +123,6 @@ class FakeBackend:
 
     def raise_spi_async(self, spi: int) -> None:
         self.async_spis.append(spi)
+
+    def kick_async(self, cpu: int) -> None:
+        self.async_kicks.append(cpu)

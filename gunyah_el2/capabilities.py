@@ -37,7 +37,7 @@ LOOP_DEPTH = 4
 CSPACE_SLOTS = 1024
 # Where the host puts the test VMs' images and DTBs for the "vm" conformance suite (RAM that
 # the bare-metal primary payload does not otherwise use), 2 MiB each.
-VM_TEST_MEMORY = (0x5000_0000, 0x5040_0000)
+VM_TEST_MEMORY = (0x5000_0000, 0x5040_0000, 0x5080_0000)
 EMPTY_SLOT_CAPID = 0x30
 
 
@@ -50,6 +50,7 @@ def c_header() -> str:
         "LOOP_TX_SPI": LOOP_TX.spi, "LOOP_RX_SPI": LOOP_RX.spi, "LOOP_DEPTH": LOOP_DEPTH,
         "EMPTY_SLOT_CAPID": EMPTY_SLOT_CAPID,
         "VM_A_PA": VM_TEST_MEMORY[0], "VM_B_PA": VM_TEST_MEMORY[1],
+        "VM_C_PA": VM_TEST_MEMORY[2],
     }
     return "".join(f"#define GSIM_{k} {v:#x}ull\n" for k, v in values.items())
 

@@ -117,6 +117,10 @@ class Hypervisor:
         """A reserved CPU waits for work; None leaves it waiting (see take_replies)."""
         return self.vms.handle_idle(exit)
 
+    def handle_irq(self, exit: VcpuExit) -> Reply:
+        """A physical interrupt taken to EL2 on a CPU running a VM (the hypervisor's kick)."""
+        return self.vms.handle_irq(exit)
+
     def take_replies(self) -> list[tuple[int, Reply]]:
         """Answers for CPUs left waiting earlier (a VM was started for them meanwhile)."""
         return self.vms.take_outbox()

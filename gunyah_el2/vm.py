@@ -25,8 +25,12 @@ log = logging.getLogger("gunyah_sim.vm")
 
 # HCR_EL2 for a VM's vCPU: stage 2 on, EL1 AArch64, SMCs trapped, pointer auth not trapped.
 HCR_RW, HCR_TSC, HCR_VM, HCR_APK, HCR_API = 1 << 31, 1 << 19, 1 << 0, 1 << 40, 1 << 41
+HCR_IMO = 1 << 4            # physical IRQs go to EL2 while the VM runs: the kick
 HCR_PRIMARY = HCR_RW | HCR_TSC | HCR_APK | HCR_API
-HCR_GUEST_VM = HCR_PRIMARY | HCR_VM
+HCR_GUEST_VM = HCR_PRIMARY | HCR_VM | HCR_IMO
+
+# One SPI per reserved CPU, routed to it, makes a running vCPU trap to EL2 (stop, preempt).
+KICK_SPI_BASE = 240
 SPSR_EL1H_MASKED = 0x3C5
 SCTLR_EL1_RESET = 0x30D0_0800
 
@@ -72,6 +76,23 @@ class InvalidateVmTlb:
     """TLBI VMALLS12E1IS for the VMID now in VTTBR_EL2."""
 
 
+@dataclass(frozen=True)
+class PrepareKick:
+    """Wake this CPU's GIC redistributor and enable its CPU interface at EL2, so that a kick
+    SPI can reach it."""
+
+
+@dataclass(frozen=True)
+class Kick:
+    """Route the CPU's kick SPI to it and make it pending (a running vCPU traps to EL2)."""
+    cpu: int
+
+
+@dataclass(frozen=True)
+class AckIrq:
+    """Acknowledge and end the physical interrupt that made this CPU trap."""
+
+
 def inject_abort(exit_: VcpuExit, ec_same_el: int) -> Reply:
     """Deliver a synchronous external abort to the trapping EL1 (as a stray access deserves).
 
@@ -109,8 +130,9 @@ class VmRuntime:
     vmid: int
     s2: stage2.Stage2
     vcpus: list
-    state: str = "running"        # running, exited
+    state: str = "running"        # running, stopping (vCPUs still on CPUs), exited
     exit_reason: str = ""
+    report_exit: bool = True
     console: bytearray = field(default_factory=bytearray)
 
 
@@ -181,20 +203,28 @@ class VmManager:
         return vm
 
     def stop(self, vmid: int, reason: str, report: bool = True) -> None:
-        """Mark the VM exited; a vCPU still in the guest is taken off its CPU at its next trap.
-
-        `report`: tell on_exit (the RM), which it wants when the VM stopped by itself."""
+        """Stop the VM: vCPUs waiting for a CPU are dropped, running ones are kicked off their
+        CPUs.  The VM has exited (on_exit, when `report`) once the last one has left."""
         vm = self.vms.get(vmid)
-        if vm is None or vm.state == "exited":
+        if vm is None or vm.state != "running":
             return
-        vm.state, vm.exit_reason = "exited", reason
+        vm.exit_reason, vm.report_exit = reason, report
         for vcpu in vm.vcpus:
             if vcpu.state == "runnable":
                 self.runnable.remove(vcpu)
                 vcpu.state = "off"
+            elif vcpu.state == "running":
+                self.kick(vcpu.cpu)
+        vm.state = "stopping"
+        self._finish_if_stopped(vm)
+
+    def _finish_if_stopped(self, vm: VmRuntime) -> None:
+        if vm.state != "stopping" or any(v.state == "running" for v in vm.vcpus):
+            return
+        vm.state = "exited"
         self._flush_console(vm)
-        self.hv.note_event("vm_exit", vmid=vmid, reason=reason)
-        if report:
+        self.hv.note_event("vm_exit", vmid=vm.vmid, reason=vm.exit_reason)
+        if vm.report_exit:
             self.on_exit(vm)
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -211,7 +241,7 @@ class VmManager:
             vcpu.state, vcpu.cpu = "running", cpu
             self.running[cpu] = vcpu
             reply = Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=SPSR_EL1H_MASKED,
-                          actions=[EnterVcpu(vcpu.context())])
+                          actions=[PrepareKick(), EnterVcpu(vcpu.context())])
             self.outbox.append((cpu, reply))
             log.info("vm%d vcpu%d runs on cpu%d at %#x", vcpu.vm.vmid, vcpu.index, cpu, vcpu.pc)
 
@@ -225,6 +255,24 @@ class VmManager:
                 return reply
         return None
 
+    def kick(self, cpu: int) -> None:
+        """Make the vCPU on `cpu` trap: with the current call's reply, or right away."""
+        if not self.hv.add_call_action(Kick(cpu)):
+            self.hv.backend.kick_async(cpu)
+
+    def handle_irq(self, exit_: VcpuExit) -> Reply:
+        """A kick (or any physical interrupt) arrived while a vCPU ran on this CPU."""
+        vcpu = self.running.get(exit_.cpu)
+        self.hv.tracer.event("vcpu_irq_exit", cpu=exit_.cpu, pc=exit_.elr,
+                             vmid=vcpu.vm.vmid if vcpu else -1)
+        if vcpu is None or vcpu.vm.state != "running":
+            reply = self._leave(exit_, vcpu) if vcpu else \
+                Reply(x=list(exit_.x), pc=exit_.elr, actions=[ReturnToIdle()])
+        else:                                       # nothing to do: resume where it was
+            reply = Reply(x=list(exit_.x), pc=exit_.elr)
+        reply.actions.insert(0, AckIrq())
+        return reply
+
     def take_outbox(self) -> list[tuple[int, Reply]]:
         out, self.outbox = self.outbox, []
         return out
@@ -234,8 +282,9 @@ class VmManager:
 
     def _leave(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
         """Take the vCPU off its CPU and send the CPU back to waiting for work."""
-        del self.running[exit_.cpu]
+        self.running.pop(exit_.cpu, None)
         vcpu.state, vcpu.cpu = "off", None
+        self._finish_if_stopped(vcpu.vm)
         return Reply(x=list(exit_.x), pc=exit_.elr, actions=[ReturnToIdle()])
 
     # --- the VM's traps ------------------------------------------------------------------------
@@ -254,23 +303,23 @@ class VmManager:
         if ec == EC_IABT_LOW:
             return self._inject_abort(exit_, EC_IABT_CUR, "instruction abort outside its memory")
         log.error("vm%d: unhandled exit EC %#x at %#x: stopping the VM", vm.vmid, ec, exit_.elr)
+        reply = self._leave(exit_, vcpu)
         self.stop(vm.vmid, f"unhandled exit EC {ec:#x}")
-        return self._leave(exit_, vcpu)
+        return reply
 
     def _call(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
         """PSCI is the hypervisor's own for VMs (its vCPUs are virtual); the rest is shared."""
         vm, fid, x = vcpu.vm, exit_.x[0] & 0xFFFF_FFFF, list(exit_.x)
         reply = Reply(x=x, pc=exit_.next_pc)
-        if fid == PSCI_SYSTEM_OFF:
-            self.stop(vm.vmid, "powered off")
-            return self._leave(exit_, vcpu)
-        if fid == PSCI_SYSTEM_RESET:
-            self.stop(vm.vmid, "reset")
-            return self._leave(exit_, vcpu)
+        if fid in (PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET):
+            reply = self._leave(exit_, vcpu)
+            self.stop(vm.vmid, "powered off" if fid == PSCI_SYSTEM_OFF else "reset")
+            return reply
         if fid == PSCI_CPU_OFF:
-            if all(v.state == "off" or v is vcpu for v in vm.vcpus):
+            reply = self._leave(exit_, vcpu)
+            if all(v.state == "off" for v in vm.vcpus):
                 self.stop(vm.vmid, "all vCPUs off")
-            return self._leave(exit_, vcpu)
+            return reply
         if fid == PSCI_VERSION:
             x[0] = 0x10001
         elif fid == PSCI_FEATURES:

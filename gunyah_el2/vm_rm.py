@@ -75,10 +75,17 @@ def attach(hv: "Hypervisor") -> None:
         except (ValueError, MemoryError) as err:
             raise RmFailure(RmError.NORESOURCE, str(err)) from None
 
+    in_stop = []
+
     def on_vm_stop(vm, force: bool, reason: int) -> None:
-        vms.stop(vm.vmid, "stopped by its owner" + (" (forced)" if force else ""), report=False)
-        if not force:                 # the RM reports the exit once it has replied to STOP
-            state.deferred.append(lambda: _report_exit(vm.vmid, m.EXIT_VM_EXIT))
+        # A forced stop is reported by the RM itself; otherwise the exit is reported when the
+        # last vCPU has left its CPU (after the STOP reply, as the real RM answers first).
+        in_stop.append(vm.vmid)
+        try:
+            vms.stop(vm.vmid, "stopped by its owner" + (" (forced)" if force else ""),
+                     report=not force)
+        finally:
+            in_stop.pop()
 
     def _report_exit(vmid: int, exit_type: int) -> None:
         vm = state.vms.get(vmid)
@@ -86,8 +93,11 @@ def attach(hv: "Hypervisor") -> None:
             state.vm_exited(vmid, exit_type)
             hv.primary.rm.pump()
 
-    def on_exit(runtime) -> None:     # the VM powered off, reset or faulted by itself
-        _report_exit(runtime.vmid, m.EXIT_VM_EXIT)
+    def on_exit(runtime) -> None:     # the VM's vCPUs are all off their CPUs
+        if runtime.vmid in in_stop:   # still inside the RM's STOP handling: after its reply
+            state.deferred.append(lambda: _report_exit(runtime.vmid, m.EXIT_VM_EXIT))
+        else:
+            _report_exit(runtime.vmid, m.EXIT_VM_EXIT)
 
     def isolate(parcel) -> None:
         vms.primary_unmap(parcel.ranges)

@@ -74,6 +74,7 @@ EL1_CONTEXT_REGS = ("sctlr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "mair_el1"
 KIND_SYNC = 1            # synchronous exception from EL1 (HVC, trapped SMC, stage-2 fault...)
 KIND_UNEXPECTED = 2      # any other vector: fatal; the record's x0 holds the vector offset
 KIND_IDLE = 3            # a hypervisor-reserved CPU waits for work (a vCPU to run)
+KIND_IRQ = 4             # a physical interrupt taken to EL2 while a VM ran (a kick)
 
 # Reply commands, run by the shim in order before it returns to the guest.
 OP_SMC = 1       # load x0..x7 from the reply, issue SMC #0 at EL2, store x0..x3 back in it
@@ -83,17 +84,18 @@ OP_MSR = 4       # write b to the system register numbered a in MSR_REGISTERS
 OP_LOAD_EL1 = 5  # load the EL1 context block (and the VM's HCR/VTTBR/VTCR) into the CPU
 OP_TLBI_VM = 6   # invalidate the stage-1+2 TLB entries of the current VMID, all CPUs
 OP_IDLE = 7      # after the commands, do not return: record an IDLE exit and wait again
+OP_ACK_IRQ = 8   # acknowledge and end the pending physical interrupt (ICC_IAR1/EOIR1)
 
 # Registers the shim has an ``msr`` gadget for, in gadget-table order.
 MSR_REGISTERS = ("hcr_el2", "vttbr_el2", "vtcr_el2", "cnthctl_el2", "esr_el1", "far_el1",
-                 "elr_el1", "spsr_el1")
+                 "elr_el1", "spsr_el1", "icc_pmr_el1", "icc_igrpen1_el1")
 
 _LAYOUT_NAMES = (
     "RAM_BASE SHIM_BASE MAILBOX_BASE PAYLOAD_PARAMS MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "
     "SEQ_REQ SEQ_ACK KIND ESR ELR SPSR FAR HPFAR X0 TTBR0_EL1 TTBR1_EL1 TCR_EL1 SCTLR_EL1 MPIDR "
     "VBAR_EL1 R_X0 R_ELR R_SPSR NCMDS CMDS CMD_SIZE MAX_CMDS BOOT_ENTRY BOOT_CONTEXT "
-    "BOOT_RESERVED_MASK BOOT_VTTBR BOOT_VTCR EL1_CONTEXT KIND_SYNC KIND_UNEXPECTED KIND_IDLE "
-    "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR OP_LOAD_EL1 OP_TLBI_VM OP_IDLE"
+    "BOOT_RESERVED_MASK BOOT_VTTBR BOOT_VTCR EL1_CONTEXT KIND_SYNC KIND_UNEXPECTED KIND_IDLE KIND_IRQ "
+    "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR OP_LOAD_EL1 OP_TLBI_VM OP_IDLE OP_ACK_IRQ"
 ).split()
 
 

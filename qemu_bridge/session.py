@@ -11,6 +11,7 @@ import queue
 import secrets
 import shutil
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from guest import build as guest_build
 from gunyah_el2 import capabilities, stage2, vm_rm
 from gunyah_el2.backend import CpuOn, ForwardSmc, RaiseSpi, Reply
 from gunyah_el2.hypervisor import DEFAULT_ABI, Hypervisor
-from gunyah_el2.vm import EnterVcpu, HCR_PRIMARY, InvalidateVmTlb, ReturnToIdle, WriteEl1
+from gunyah_el2.vm import (KICK_SPI_BASE, AckIrq, EnterVcpu, HCR_PRIMARY, InvalidateVmTlb, Kick,
+                           PrepareKick, ReturnToIdle, WriteEl1)
 from gunyah_el2.trace import Tracer
 
 from . import console as con
@@ -35,7 +37,11 @@ from .transport import GdbTransport, ShmTransport, TransportClosed
 
 log = logging.getLogger("gunyah_sim.session")
 
+GICD_IGROUPR = 0x080
+GICD_ISENABLER = 0x100
 GICD_ISPENDR = 0x200
+GICD_IROUTER = 0x6000
+GICR_WAKER = 0x14
 DEFAULT_BOOTARGS = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr rdinit=/init"
 
 
@@ -68,6 +74,9 @@ class RunOptions:
     vm_console_dir: Path | None = None   # one file per VM's console output
     bare_metal: bool = False             # `kernel` is a test payload: no initramfs; it ends
                                          # by powering off, which is then a success
+    gdb_port: int | None = None          # --gdb: gdb proxy on 127.0.0.1:PORT (0: a free one)
+    pause: bool = False                  # --pause: the guest starts when the user's gdb continues
+    vmlinux: Path | None = None          # symbols for backtraces (default: next to the kernel)
 
 
 @dataclass
@@ -81,6 +90,7 @@ class RunResult:
     console_tail: list[str] = field(default_factory=list)
     trace_tail: str = ""
     events: list[dict] = field(default_factory=list)
+    backtrace: str = ""                  # every vCPU's registers/backtrace on a hang or panic
 
     @property
     def ok(self) -> bool:
@@ -90,15 +100,18 @@ class RunResult:
         lines = [f"gunyah-sim: {self.reason}", "--- last console lines ---"]
         lines += [f"  {line}" for line in self.console_tail] or ["  (none)"]
         lines += ["--- last trapped calls ---", self.trace_tail]
+        if self.backtrace:
+            lines += ["--- where each vCPU was ---", self.backtrace]
         return "\n".join(lines)
 
 
 class QemuBackend:
     """gunyah_el2's Backend on a QEMU machine: memory and interrupts through the transport."""
 
-    def __init__(self, transport, gicd_base: int, secondary_entry: int):
+    def __init__(self, transport, gicd_base: int, secondary_entry: int, gicr_base: int = 0):
         self.transport = transport
         self.gicd_base = gicd_base
+        self.gicr_base = gicr_base
         self.secondary_entry = secondary_entry
         self.async_spis: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.primary_stage2 = (0, 0)        # (VTTBR, VTCR) of the primary VM; 0: stage 2 off
@@ -110,7 +123,28 @@ class QemuBackend:
         self.transport.write_phys(addr, data)
 
     def raise_spi_async(self, spi: int) -> None:
-        self.async_spis.put(spi)
+        self.async_spis.put(("spi", spi))
+
+    def kick_async(self, cpu: int) -> None:
+        self.async_spis.put(("kick", cpu))
+
+    def kick_writes(self, cpu: int) -> list[tuple[int, int]]:
+        """32-bit GICD writes that route CPU `cpu`'s kick SPI to it, enable it, raise it."""
+        intid = 32 + KICK_SPI_BASE + cpu
+        router = self.gicd_base + GICD_IROUTER + 8 * intid
+        return [(router, cpu), (router + 4, 0),          # Aff0 = cpu (CPUs 0..15 on virt)
+                # Group 1 (delivered as IRQ).  No set/clear form exists for IGROUPR: the
+                # whole word goes to group 1, as Linux puts every SPI anyway.
+                (self.gicd_base + GICD_IGROUPR + 4 * (intid // 32), 0xFFFF_FFFF),
+                (self.gicd_base + GICD_ISENABLER + 4 * (intid // 32), 1 << (intid % 32)),
+                self.gicd_set_pending(KICK_SPI_BASE + cpu)]
+
+    def async_writes(self) -> list[tuple[int, int]]:
+        writes = []
+        while not self.async_spis.empty():
+            kind, n = self.async_spis.get()
+            writes += self.kick_writes(n) if kind == "kick" else [self.gicd_set_pending(n)]
+        return writes
 
     def gicd_set_pending(self, spi: int) -> tuple[int, int]:
         intid = 32 + spi
@@ -151,6 +185,14 @@ class QemuBackend:
                              for reg, value in action.values.items()]
             elif isinstance(action, InvalidateVmTlb):
                 commands.append((mailbox.OP_TLBI_VM, 0, 0))
+            elif isinstance(action, Kick):
+                commands += [(mailbox.OP_WRITE32, a, v) for a, v in self.kick_writes(action.cpu)]
+            elif isinstance(action, AckIrq):
+                commands.append((mailbox.OP_ACK_IRQ, 0, 0))
+            elif isinstance(action, PrepareKick):
+                commands += [(mailbox.OP_WRITE32, self.gicr_base + 0x20000 * exit_.cpu + GICR_WAKER, 0),
+                             (mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("icc_pmr_el1"), 0xFF),
+                             (mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("icc_igrpen1_el1"), 1)]
             else:
                 raise TypeError(f"no mailbox encoding for {action!r}")
         spsr = exit_.spsr if reply.spsr is None else reply.spsr
@@ -180,7 +222,9 @@ class ServiceThread(threading.Thread):
                                   f"vector {exit_.x[0]:#x}, ESR_EL2 {exit_.esr:#x}, "
                                   f"ELR_EL2 {exit_.elr:#x}")
                     return
-                if kind == mailbox.KIND_IDLE:
+                if kind == mailbox.KIND_IRQ:
+                    reply = self.hv.handle_irq(exit_)
+                elif kind == mailbox.KIND_IDLE:
                     reply = self.hv.handle_idle(exit_)
                     if reply is None:                 # nothing to run: the CPU keeps waiting
                         self.parked[exit_.cpu] = (seq, exit_)
@@ -202,9 +246,7 @@ class ServiceThread(threading.Thread):
 
     def _raise_async(self) -> None:
         """Interrupts raised outside a call: set them pending through the transport."""
-        writes = []
-        while not self.backend.async_spis.empty():
-            writes.append(self.backend.gicd_set_pending(self.backend.async_spis.get()))
+        writes = self.backend.async_writes()
         if writes:
             self.transport.write_async(writes)
 
@@ -249,8 +291,17 @@ def run(opts: RunOptions) -> RunResult:
     sink = con.stdout_sink(opts.quiet, str(opts.console_log) if opts.console_log else None)
     machine: QemuMachine | None = None
     service: ServiceThread | None = None
+    proxy = None
     result: RunResult
     try:
+        listener = None
+        if opts.gdb_port is not None:
+            from . import gdbproxy
+            try:
+                listener = gdbproxy.listen(opts.gdb_port)
+            except OSError as err:
+                return RunResult(exitcodes.USAGE,
+                                 f"--gdb: cannot listen on 127.0.0.1:{opts.gdb_port}: {err}")
         shim = guest_build.build_shim()
         kernel = opts.kernel or guest_build.default_kernel()
         token = secrets.token_hex(4)
@@ -280,7 +331,8 @@ def run(opts: RunOptions) -> RunResult:
         else:
             transport = GdbTransport(machine.gdb, ncpus, shim.symbol("doorbell"),
                                      opts.memory_mb << 20)
-        backend = QemuBackend(transport, platform["gicd"], shim.symbol("secondary_entry"))
+        backend = QemuBackend(transport, platform["gicd"], shim.symbol("secondary_entry"),
+                              platform["gicr"])
         hv = Hypervisor(backend, abi=opts.abi, tracer=tracer)
         transport.write_boot_slot(0, mailbox.GUEST_LOAD_ADDR, 0)
         reserved = list(range(opts.smp, ncpus))
@@ -300,14 +352,34 @@ def run(opts: RunOptions) -> RunResult:
             transport.write_phys(mailbox.PAYLOAD_PARAMS, mailbox.payload_params(
                 opts.abi, opts.smp, platform["gicd"], platform["gicr"], platform["uart"]))
         service = ServiceThread(transport, hv, backend, machine)
+        if listener is not None:
+            proxy = gdbproxy.GdbProxy(machine.gdb, listener, held=opts.pause,
+                                      reserved_cpus=range(opts.smp, ncpus))
+            listener = None
+            vmlinux = _vmlinux(opts) or "vmlinux"
+            print(f"gunyah-sim: gdb proxy on 127.0.0.1:{proxy.port}"
+                  + ("; the guest is paused until gdb continues it" if opts.pause else "")
+                  + f"; attach with: {gdbproxy.attach_hint(proxy.port, vmlinux)}",
+                  file=sys.stderr, flush=True)
         service.start()
-        if opts.interactive:
+        if not opts.pause:
             machine.resume()
+        if proxy is not None:
+            proxy.start()              # after the resume: a gdb that attaches stops a running guest
+        if opts.interactive:
             result = _interact(machine, sink)
         else:
-            machine.resume()
             result = _watch(machine, service, token, opts, started,
-                            installed_initrd=opts.initrd is None and not opts.bare_metal)
+                            installed_initrd=opts.initrd is None and not opts.bare_metal,
+                            proxy=proxy)
+            if result.code in (exitcodes.TIMEOUT, exitcodes.PANIC) and machine.alive():
+                service.stop_requested.set()        # the stub is ours alone from here
+                service.transport.interrupted = True
+                service.join(2.0)
+                from . import backtrace
+                result.backtrace = backtrace.report(machine.gdb, vmlinux=_vmlinux(opts),
+                                                    proxy=proxy,
+                                                    reserved_cpus=range(opts.smp, ncpus))
         result.hypercalls = tracer.count
         result.events = hv.events
     except guest_build.AssetError as err:
@@ -317,6 +389,10 @@ def run(opts: RunOptions) -> RunResult:
     except KeyboardInterrupt:
         result = RunResult(exitcodes.INTERRUPTED, "interrupted (Ctrl-C); QEMU stopped")
     finally:
+        if listener is not None:
+            listener.close()
+        if proxy is not None:
+            proxy.close()
         if service is not None:
             service.stop_requested.set()
             service.transport.interrupted = True
@@ -333,8 +409,14 @@ def run(opts: RunOptions) -> RunResult:
     return result
 
 
+def _vmlinux(opts: RunOptions) -> Path | None:
+    from .backtrace import find_vmlinux
+    return find_vmlinux(opts.kernel, opts.vmlinux)
+
+
 def _watch(machine: QemuMachine, service: ServiceThread, token: str, opts: RunOptions,
-           started: float, installed_initrd: bool) -> RunResult:
+           started: float, installed_initrd: bool,
+           proxy=None) -> RunResult:
     child = machine.child
     deadline = started + opts.timeout
     patterns = [con.exit_marker(token), con.ready_marker(token), *con.PANIC_PATTERNS,
@@ -343,11 +425,14 @@ def _watch(machine: QemuMachine, service: ServiceThread, token: str, opts: RunOp
     while True:
         if service.fatal:
             return RunResult(exitcodes.INTERNAL, service.fatal, boot_seconds=boot_seconds)
-        if opts.watchdog is not None:
+        # time the user's gdb (--gdb) held the guest stopped does not count; nor is the
+        # watchdog asked while it holds it
+        held = proxy.held_seconds() if proxy is not None else 0.0
+        if opts.watchdog is not None and not (proxy is not None and proxy.held):
             reason = opts.watchdog()
             if reason:
                 return RunResult(exitcodes.TIMEOUT, reason, boot_seconds=boot_seconds)
-        remaining = deadline - time.monotonic()
+        remaining = deadline + held - time.monotonic()
         if remaining <= 0:
             return RunResult(exitcodes.TIMEOUT,
                              f"timeout: the guest did not finish within {opts.timeout:g} s"

@@ -26,6 +26,15 @@ int payload_fault(u64 esr, u64 elr, u64 far)
 
 void secondary_main(u64 context) { (void)context; }
 
+static void sleep_ms(u64 ms)
+{
+	u64 freq, t0, t;
+	__asm__ volatile("mrs %0, cntfrq_el0; isb; mrs %1, cntvct_el0" : "=r"(freq), "=r"(t0));
+	do
+		__asm__ volatile("isb; mrs %0, cntvct_el0" : "=r"(t));
+	while (t - t0 < freq / 1000 * ms);
+}
+
 static void put_u16(unsigned char *p, u16 v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
 static void put_u32(unsigned char *p, u32 v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
 static void put_u64(unsigned char *p, u64 v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
@@ -127,6 +136,24 @@ void payload_main(u64 dtb)
 	ok(rm_wait_notification(RM_NOTIF_VM_EXITED, b.vmid, 400), "VM_EXITED notification for VM B");
 	reclaim(&a);
 	reclaim(&b);
+
+	/* VM C never traps (vm_spin.c): VM_STOP must still take it off its CPU. */
+	struct vm c = { "C", GSIM_VM_C_PA, 0, 0, 0 };
+	volatile u64 *counter = (volatile u64 *)(GSIM_VM_C_PA + 0x180000);
+	*counter = 0;
+	if (create_vm(&c, 3)) {
+		expect_eq("VM_START of VM C (never traps)", vmid_call(RM_VM_START, c.vmid), 0);
+		sleep_ms(500);                          /* let it count for a while */
+		expect_eq("VM_STOP of the running VM C", vmid_call(RM_VM_STOP, c.vmid), 0);
+		ok(rm_wait_notification(RM_NOTIF_VM_EXITED, c.vmid, 400),
+		   "VM_EXITED notification for the stopped VM C");
+		reclaim(&c);
+		u64 first = *counter;
+		sleep_ms(100);
+		ok(first > 0 && *counter == first,
+		   "VM C ran, and after VM_STOP it no longer runs (its counter stands still)");
+		diag("VM C counted to", first);
+	}
 	ok(rm_rx_interrupts() > 0, "RM replies arrived with RX interrupts through the GIC");
 	tap_end();
 }

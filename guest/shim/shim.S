@@ -153,7 +153,7 @@ reserved_entry:
  * in the exit record, ring, wait, obey the reply's commands, load every register from the
  * reply, eret.  sp is this CPU's mailbox.
  */
-el1_sync:
+.macro save_gprs				/* all 31 GPRs into the exit record (sp = mailbox) */
 	stp	x0, x1, [sp, #MB_X0]
 	stp	x2, x3, [sp, #MB_X0 + 16]
 	stp	x4, x5, [sp, #MB_X0 + 32]
@@ -171,7 +171,17 @@ el1_sync:
 	stp	x28, x29, [sp, #MB_X0 + 224]
 	str	x30, [sp, #MB_X0 + 240]
 	mov	x9, sp
+.endm
+
+el1_sync:
+	save_gprs
 	mov	x10, #MB_KIND_SYNC
+	b	record
+
+/* A physical interrupt while a VM ran with HCR_EL2.IMO set: the hypervisor's kick. */
+el1_irq:
+	save_gprs
+	mov	x10, #MB_KIND_IRQ
 	b	record
 
 /* Wait for work: entered with x9 = mailbox (reserved CPUs, and after OP_IDLE). */
@@ -232,6 +242,8 @@ next_cmd:
 	b.eq	cmd_tlbi_vm
 	cmp	x14, #MB_OP_IDLE
 	b.eq	cmd_idle
+	cmp	x14, #MB_OP_ACK_IRQ
+	b.eq	cmd_ack_irq
 cmd_done:
 	add	x13, x13, #MB_CMD_SIZE
 	sub	x12, x12, #1
@@ -258,6 +270,13 @@ cmd_write64:
 cmd_idle:
 	mov	x20, #1
 	b	cmd_done
+cmd_ack_irq:				/* acknowledge and end the pending physical interrupt */
+	mrs	x15, S3_0_C12_C12_0		/* ICC_IAR1_EL1 */
+	cmp	x15, #1020
+	b.hs	cmd_done
+	msr	S3_0_C12_C12_1, x15		/* ICC_EOIR1_EL1 */
+	isb
+	b	cmd_done
 cmd_tlbi_vm:
 	dsb	ishst
 	tlbi	vmalls12e1is
@@ -278,7 +297,7 @@ cmd_msr:
 	add	x17, x17, x15, lsl #3
 	br	x17
 msr_gadgets:				/* two instructions each, in MSR_REGISTERS order */
-	.irp reg, hcr_el2, vttbr_el2, vtcr_el2, cnthctl_el2, esr_el1, far_el1, elr_el1, spsr_el1
+	.irp reg, hcr_el2, vttbr_el2, vtcr_el2, cnthctl_el2, esr_el1, far_el1, elr_el1, spsr_el1, S3_0_C4_C6_0, S3_0_C12_C12_7
 	msr	\reg, x16
 	b	msr_done
 	.endr
@@ -350,7 +369,8 @@ el2_vectors:
 	vector_unexpected 0x380
 	.balign 0x80			/* 0x400: lower EL, AArch64, synchronous */
 	b	el1_sync
-	vector_unexpected 0x480
+	.balign 0x80			/* 0x480: lower EL, AArch64, IRQ */
+	b	el1_irq
 	vector_unexpected 0x500
 	vector_unexpected 0x580
 	vector_unexpected 0x600		/* lower EL, AArch32 */
