@@ -81,7 +81,8 @@ def run_linux_suite(suite, abi: str, *, transport: str = "shm", timeout: float =
     if not ran.result.ok:
         problem = ran.result.reason
     elif bailed:
-        problem = "the module bailed out (no usable RM node or out of memory)"
+        why = "; ".join(cases[-1].diagnostics) if cases and not cases[-1].passed else ""
+        problem = "the module bailed out" + (f": {why}" if why else "")
     elif plan is None or plan != len(cases):
         problem = f"TAP plan {plan} does not match {len(cases)} results"
     return SuiteResult(suite.name, abi, cases, time.monotonic() - started, problem,

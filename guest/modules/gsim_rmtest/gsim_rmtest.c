@@ -24,7 +24,10 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/of.h>
+#include <linux/of_address.h>
 #include <linux/of_irq.h>
+#include <linux/irq.h>
+#include <linux/io.h>
 #include <linux/slab.h>
 #include <linux/sort.h>
 #include <linux/spinlock.h>
@@ -589,6 +592,36 @@ static void free_pages_array(struct page **pages, int n, bool reclaimed)
 }
 
 /* --- the DT node and interrupts -------------------------------------------------------------- */
+/*
+ * An interrupt the GIC does not implement (INTID beyond GICD_TYPER's line count) is never set
+ * up by Linux's GIC driver; if the hypervisor still makes it pending, the unconfigured line
+ * (group 0, priority 0) can starve every other interrupt.  Check before enabling it.
+ */
+static int check_gic_line(int irq, const char *what)
+{
+	struct device_node *gic = of_find_compatible_node(NULL, NULL, "arm,gic-v3");
+	struct irq_data *d = irq_get_irq_data(irq);
+	void __iomem *gicd;
+	unsigned long lines;
+	int ret = 0;
+
+	if (!gic || !d)
+		goto out;		/* not a GICv3: nothing to check */
+	gicd = of_iomap(gic, 0);
+	if (!gicd)
+		goto out;
+	lines = 32 * ((readl(gicd + 0x4) & 0x1f) + 1);	/* GICD_TYPER.ITLinesNumber */
+	iounmap(gicd);
+	if (irqd_to_hwirq(d) >= lines) {
+		diag("%s interrupt: INTID %lu is beyond the GIC's %lu lines (GICD_TYPER)", what,
+		     irqd_to_hwirq(d), lines);
+		ret = -ERANGE;
+	}
+out:
+	of_node_put(gic);
+	return ret;
+}
+
 static int find_rm(void)
 {
 	struct device_node *np, *hyp;
@@ -618,6 +651,10 @@ static int find_rm(void)
 		ret = -ENXIO;
 		goto out;
 	}
+	ret = check_gic_line(tx_irq, "TX");
+	ret = check_gic_line(rx_irq, "RX") ?: ret;
+	if (ret)
+		goto out;
 	ret = request_irq(tx_irq, tx_handler, 0, "gsim_rmtest_tx", NULL);
 	if (ret) {
 		diag("request_irq(tx %d): %d", tx_irq, ret);
