@@ -7,6 +7,7 @@ behind.  QEMU gets PR_SET_PDEATHSIG, so it cannot outlive the Python process eit
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import mmap
 import os
@@ -67,7 +68,7 @@ class QemuMachine:
         self.workdir = workdir
         self.qmp_path = str(workdir / "qmp.sock")
         self.gdb_path = str(workdir / "gdb.sock")
-        self.ram_path = f"/dev/shm/gunyah-sim-{os.getpid()}-{workdir.name}"
+        self.ram_path = f"/dev/shm/{ram_file_prefix(workdir.parent)}{os.getpid()}-{workdir.name}"
         self.child: pexpect.spawn | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self.gdb: GdbRemote | None = None
@@ -195,6 +196,11 @@ class QemuMachine:
             self.ram = None
         if os.path.exists(self.ram_path):
             os.unlink(self.ram_path)
+
+
+def ram_file_prefix(rundir: Path) -> str:
+    """Shared RAM files of runs whose directories live in `rundir` start with this."""
+    return f"gunyah-sim-{hashlib.sha1(str(rundir).encode()).hexdigest()[:8]}-"
 
 
 def make_workdir() -> Path:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from qemu_bridge.machine import ram_file_prefix
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "qemu_bridge.cli"]
 
@@ -33,10 +35,8 @@ def no_leftovers(tmp_path_factory, monkeypatch):
     """
     rundir = tmp_path_factory.mktemp("rundir")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(rundir))
-    shm_before = set(Path("/dev/shm").glob("gunyah-sim-*"))
     yield rundir
     assert qemu_processes(str(rundir)) == [], "a QEMU process outlived the run"
     assert list(rundir.iterdir()) == [], "a temp file or directory was left behind"
-    time.sleep(0.2)           # another run's RAM file lives for milliseconds before its unlink
-    assert set(Path("/dev/shm").glob("gunyah-sim-*")) - shm_before == set(), \
-        "a shared RAM file was left behind"
+    ours = list(Path("/dev/shm").glob(ram_file_prefix(rundir) + "*"))
+    assert ours == [], "a shared RAM file was left behind"
