@@ -72,6 +72,17 @@ def run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtb-out", type=Path, metavar="FILE", help="save the guest's DTB to FILE")
     g.add_argument("--console-log", type=Path, metavar="FILE", help="save the console to FILE")
     g.add_argument("-q", "--quiet", action="store_true", help="do not stream the console")
+    g = p.add_argument_group("debugging")
+    g.add_argument("--gdb", type=int, metavar="PORT", dest="gdb_port",
+                   help="serve the guest to gdb on 127.0.0.1:PORT (0: a free port, printed): "
+                   "gdb-multiarch vmlinux -ex 'target remote :PORT'.  Breakpoints, steps and "
+                   "Ctrl-C work while the EL2 service runs; needs --transport shm")
+    g.add_argument("--pause", action="store_true",
+                   help="with --gdb: start the guest halted; it runs when gdb continues it "
+                   "(time the guest is stopped in gdb does not count against --timeout)")
+    g.add_argument("--vmlinux", type=Path, metavar="FILE",
+                   help="the kernel's vmlinux: a hang or panic report then has a symbolized "
+                   "backtrace of every vCPU (default: vmlinux next to --kernel, if there)")
 
 
 def add_verbose(p: argparse.ArgumentParser) -> None:
@@ -138,7 +149,9 @@ def run_options_from(args) -> "RunOptions":
         vm_cpus=args.vm_cpus, vm_console_dir=args.vm_console,
         timeout=getattr(args, "timeout", 300.0), transport=getattr(args, "transport", "shm"),
         trace=getattr(args, "trace", None), dtb_out=getattr(args, "dtb_out", None),
-        console_log=getattr(args, "console_log", None), quiet=getattr(args, "quiet", False))
+        console_log=getattr(args, "console_log", None), quiet=getattr(args, "quiet", False),
+        gdb_port=getattr(args, "gdb_port", None), pause=getattr(args, "pause", False),
+        vmlinux=getattr(args, "vmlinux", None))
 
 
 def check_machine_args(args) -> str | None:
@@ -149,9 +162,21 @@ def check_machine_args(args) -> str | None:
         return f"--smp plus --vm-cpus must be at most {mailbox.MAX_CPUS}"
     if args.memory < 64:
         return "--memory must be at least 64 MiB"
-    for path in [args.kernel, args.initrd, *args.overlay]:
+    for path in [args.kernel, args.initrd, *args.overlay, getattr(args, "vmlinux", None)]:
         if path is not None and not path.exists():
             return f"{path} does not exist"
+    return check_debug_args(args)
+
+
+def check_debug_args(args) -> str | None:
+    port = getattr(args, "gdb_port", None)
+    if port is not None and not 0 <= port <= 65535:
+        return "--gdb PORT must be 0..65535"
+    if port is not None and getattr(args, "transport", "shm") != "shm":
+        return "--gdb needs --transport shm (the gdb transport's doorbell breakpoint would " \
+               "collide with the user's gdb)"
+    if getattr(args, "pause", False) and port is None:
+        return "--pause needs --gdb PORT (nothing else could start the guest)"
     return None
 
 

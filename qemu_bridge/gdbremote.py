@@ -15,6 +15,7 @@ import logging
 import re
 import select
 import socket
+import threading
 import time
 
 log = logging.getLogger("gunyah_sim.gdb")
@@ -88,6 +89,15 @@ class GdbRemote:
         self.timeout = timeout
         self.target_xml: dict[str, str] = {}
         self.registers: dict[str, int] = {}   # register name -> gdb register number
+        # Threads: the EL2 service and the user's gdb proxy (gdbproxy.py) share this one stub
+        # connection.  A request and its reply, and any interrupt/stop/resume sequence, happen
+        # under `lock` (reentrant), so packets of two threads never interleave.
+        self.lock = threading.RLock()
+        self.phys_mode: bool | None = None    # last Qqemu.PhyMemMode we set (None: never)
+        # When set (a GdbProxy), it decides how to stop and resume a guest that its user's gdb
+        # may be running or holding: see while_stopped().
+        self.stop_owner = None
+        self.supported = b""                  # the stub's qSupported reply
 
     # --- packets ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -133,7 +143,10 @@ class GdbRemote:
                 if end >= 0 and len(self._buf) >= end + 3:
                     body = bytes(self._buf[start + 1:end])
                     del self._buf[:end + 3]
-                    self._send(b"+")
+                    try:
+                        self._send(b"+")
+                    except GdbClosed:     # the stub's last words (W00 as QEMU exits) still count
+                        pass
                     return _unescape(body)
             else:
                 self._buf.clear() if self._buf and set(self._buf) <= set(b"+-") else None
@@ -142,8 +155,9 @@ class GdbRemote:
                 return None
 
     def request(self, payload: bytes | str, timeout: float = -1.0) -> bytes:
-        self.send_packet(payload)
-        reply = self.read_packet(timeout)
+        with self.lock:
+            self.send_packet(payload)
+            reply = self.read_packet(timeout)
         if reply is None:
             raise GdbError(f"no reply to {payload!r}")
         return reply
@@ -156,7 +170,7 @@ class GdbRemote:
     # --- target description -------------------------------------------------------------------
     def read_target_description(self) -> None:
         """Fetch target.xml (and what it includes) and number the registers by name."""
-        self.request("qSupported:multiprocess+;qXfer:features:read+")
+        self.supported = self.request("qSupported:multiprocess+;qXfer:features:read+")
         self._xfer("target.xml")
         number = 0
         for name in self._xml_order("target.xml"):
@@ -213,7 +227,9 @@ class GdbRemote:
             self.check_ok(f"M{addr + off:x},{len(chunk):x}:{chunk.hex()}")
 
     def physical_memory_mode(self, on: bool) -> None:
-        self.check_ok(f"Qqemu.PhyMemMode:{int(on)}")
+        with self.lock:
+            self.check_ok(f"Qqemu.PhyMemMode:{int(on)}")
+            self.phys_mode = on
 
     def select_thread(self, thread: tuple[int, int], op: str = "g") -> None:
         self.check_ok(f"H{op}p{thread[0]:x}.{thread[1]:x}")
@@ -236,10 +252,26 @@ class GdbRemote:
 
     def cont(self, addr: int | None = None) -> None:
         """Resume all CPUs (the current `Hc` thread at `addr` when given); no reply until stop."""
-        self.send_packet("c" if addr is None else f"c{addr:x}")
+        with self.lock:
+            self.send_packet("c" if addr is None else f"c{addr:x}")
 
     def interrupt(self) -> None:
-        self._send(b"\x03")
+        with self.lock:
+            self._send(b"\x03")
+
+    def while_stopped(self, fn) -> None:
+        """Run fn() with every CPU stopped, then let the guest go on as it was.  Without a
+        stop owner: interrupt, fn, continue.  With one (the gdb proxy), the owner keeps its
+        user's view right (a guest the user holds stays stopped; a user's stop is not lost)."""
+        owner = self.stop_owner
+        if owner is not None:
+            owner.while_stopped(fn)
+            return
+        with self.lock:
+            self.interrupt()
+            self.wait_stop(5.0)
+            fn()
+            self.cont()
 
     def wait_stop(self, timeout: float | None) -> StopReply | None:
         packet = self.read_packet(timeout)

@@ -75,12 +75,12 @@ class ShmTransport:
         """32-bit physical writes (GIC registers) while no call is in flight: briefly stop
         QEMU through the gdbstub, which is the only way in from outside.  Rare by design."""
         gdb = self.gdb
-        gdb.interrupt()
-        gdb.wait_stop(5.0)
-        gdb.physical_memory_mode(True)
-        for addr, value in writes:
-            gdb.write_memory(addr, value.to_bytes(4, "little"))
-        gdb.cont()
+
+        def write() -> None:
+            gdb.physical_memory_mode(True)
+            for addr, value in writes:
+                gdb.write_memory(addr, value.to_bytes(4, "little"))
+        gdb.while_stopped(write)      # interrupt, write, continue (or as the --gdb proxy says)
 
     def reply(self, cpu: int, reply: RawReply, seq: int) -> None:
         off = self._offsets[cpu]
