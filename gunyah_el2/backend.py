@@ -34,6 +34,7 @@ class VcpuExit:
     sctlr: int = 0
     mpidr: int = 0
     vbar: int = 0            # VBAR_EL1: where an injected abort goes
+    intid: int = 1023        # IRQ exits: the physical INTID the shim acknowledged
 
     @property
     def ec(self) -> int:

@@ -26,11 +26,12 @@ class QueueEnd:
 
 
 # Resource Manager message queues of the primary VM (DT: gunyah-resource-mgr reg/interrupts).
-RM_TX = QueueEnd(capid=0x10, spi=224)     # primary -> RM; interrupt: space available again
-RM_RX = QueueEnd(capid=0x11, spi=225)     # RM -> primary; interrupt: message available
+# SPIs: QEMU virt's GIC has 224 (INTIDs 32..255); virt's own devices end at SPI 175.
+RM_TX = QueueEnd(capid=0x10, spi=200)     # primary -> RM; interrupt: space available again
+RM_RX = QueueEnd(capid=0x11, spi=201)     # RM -> primary; interrupt: message available
 # A loopback queue whose both ends belong to the primary VM, for the conformance payloads.
-LOOP_TX = QueueEnd(capid=0x20, spi=226)
-LOOP_RX = QueueEnd(capid=0x21, spi=227)
+LOOP_TX = QueueEnd(capid=0x20, spi=202)
+LOOP_RX = QueueEnd(capid=0x21, spi=203)
 LOOP_DEPTH = 4
 # Capability IDs are slot indices (the real hypervisor's debug encoding): IDs at or above
 # CSPACE_SLOTS do not decode (ARGUMENT_INVALID); a slot with no capability is CAP_NULL.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from . import identify, stage2
+from .vgic import VGic
 from .backend import EC_HVC64, EC_SMC64, MASK64, Reply, VcpuExit
 from .errors import SMCCC_NOT_SUPPORTED
 
@@ -29,8 +30,13 @@ HCR_IMO = 1 << 4            # physical IRQs go to EL2 while the VM runs: the kic
 HCR_PRIMARY = HCR_RW | HCR_TSC | HCR_APK | HCR_API
 HCR_GUEST_VM = HCR_PRIMARY | HCR_VM | HCR_IMO
 
+# The VM's virtual timer fires physical PPI 27 on its CPU; list-register bits to inject it.
+VTIMER_INTID = 27
+CNTV_ENABLE, CNTV_IMASK = 1, 2
+LR_PENDING, LR_GROUP1 = 1 << 62, 1 << 60
+
 # One SPI per reserved CPU, routed to it, makes a running vCPU trap to EL2 (stop, preempt).
-KICK_SPI_BASE = 240
+KICK_SPI_BASE = 208          # SPIs 208..215 (INTIDs 240..247), one per possible CPU
 SPSR_EL1H_MASKED = 0x3C5
 SCTLR_EL1_RESET = 0x30D0_0800
 
@@ -88,9 +94,7 @@ class Kick:
     cpu: int
 
 
-@dataclass(frozen=True)
-class AckIrq:
-    """Acknowledge and end the physical interrupt that made this CPU trap."""
+
 
 
 def inject_abort(exit_: VcpuExit, ec_same_el: int) -> Reply:
@@ -122,7 +126,7 @@ class Vcpu:
                 "mair_el1": 0, "amair_el1": 0, "vbar_el1": 0, "cpacr_el1": 0,
                 "contextidr_el1": 0, "tpidr_el1": 0, "tpidr_el0": 0, "tpidrro_el0": 0,
                 "sp_el0": 0, "sp_el1": 0, "elr_el1": 0, "spsr_el1": 0, "cntkctl_el1": 0,
-                "hcr_el2": HCR_GUEST_VM, "vttbr_el2": vm.s2.vttbr, "vtcr_el2": stage2.VTCR}
+                "vmpidr_el2": (1 << 31) | self.index, "hcr_el2": HCR_GUEST_VM, "vttbr_el2": vm.s2.vttbr, "vtcr_el2": stage2.VTCR}
 
 
 @dataclass
@@ -134,6 +138,7 @@ class VmRuntime:
     exit_reason: str = ""
     report_exit: bool = True
     console: bytearray = field(default_factory=bytearray)
+    vgic: VGic | None = None
 
 
 class VmManager:
@@ -193,7 +198,7 @@ class VmManager:
         s2 = stage2.Stage2(vmid, self.pages, be.read_phys, be.write_phys)
         for ipa, pa, size in regions:
             s2.map(ipa, pa, size)
-        vm = VmRuntime(vmid, s2, [])
+        vm = VmRuntime(vmid, s2, [], vgic=VGic(ncpus))
         vm.vcpus = [Vcpu(vm, i) for i in range(ncpus)]
         self.vms[vmid] = vm
         boot = vm.vcpus[0]
@@ -241,7 +246,9 @@ class VmManager:
             vcpu.state, vcpu.cpu = "running", cpu
             self.running[cpu] = vcpu
             reply = Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=SPSR_EL1H_MASKED,
-                          actions=[PrepareKick(), EnterVcpu(vcpu.context())])
+                          actions=[PrepareKick(), EnterVcpu(vcpu.context()),
+                                   WriteEl1({"ich_hcr_el2": 1, "ich_vmcr_el2": 0,
+                                             "ich_lr0_el2": 0, "cntv_ctl_el0": 0})])
             self.outbox.append((cpu, reply))
             log.info("vm%d vcpu%d runs on cpu%d at %#x", vcpu.vm.vmid, vcpu.index, cpu, vcpu.pc)
 
@@ -261,16 +268,22 @@ class VmManager:
             self.hv.backend.kick_async(cpu)
 
     def handle_irq(self, exit_: VcpuExit) -> Reply:
-        """A kick (or any physical interrupt) arrived while a vCPU ran on this CPU."""
+        """A physical interrupt (already acknowledged by the shim) while a vCPU ran here: the
+        hypervisor's kick, or the VM's own virtual timer, which becomes a virtual interrupt."""
         vcpu = self.running.get(exit_.cpu)
-        self.hv.tracer.event("vcpu_irq_exit", cpu=exit_.cpu, pc=exit_.elr,
-                             vmid=vcpu.vm.vmid if vcpu else -1)
         if vcpu is None or vcpu.vm.state != "running":
-            reply = self._leave(exit_, vcpu) if vcpu else \
-                Reply(x=list(exit_.x), pc=exit_.elr, actions=[ReturnToIdle()])
-        else:                                       # nothing to do: resume where it was
-            reply = Reply(x=list(exit_.x), pc=exit_.elr)
-        reply.actions.insert(0, AckIrq())
+            self.hv.tracer.event("vcpu_kicked", cpu=exit_.cpu, intid=exit_.intid)
+            if vcpu is None:
+                return Reply(x=list(exit_.x), pc=exit_.elr, actions=[ReturnToIdle()])
+            return self._leave(exit_, vcpu)
+        reply = Reply(x=list(exit_.x), pc=exit_.elr)
+        if exit_.intid == VTIMER_INTID:
+            # Mask the timer until the guest reprograms it (Linux clears IMASK when it sets the
+            # next event), and hand the guest a virtual timer interrupt through a list register.
+            values = {"cntv_ctl_el0": CNTV_ENABLE | CNTV_IMASK}
+            if vcpu.vm.vgic.ppi_enabled(vcpu.index, VTIMER_INTID):
+                values["ich_lr0_el2"] = LR_PENDING | LR_GROUP1 | (0xA0 << 48) | VTIMER_INTID
+            reply.actions.append(WriteEl1(values))
         return reply
 
     def take_outbox(self) -> list[tuple[int, Reply]]:
@@ -358,6 +371,15 @@ class VmManager:
     def _data_abort(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
         ipa = ((exit_.hpfar >> 4) << 12) | (exit_.far & 0xFFF)
         iss = exit_.esr & 0x1FF_FFFF
+        vgic = vcpu.vm.vgic
+        if iss & (1 << 24) and vgic.owns(ipa, len(vcpu.vm.vcpus)):
+            size, srt, write = 1 << ((iss >> 22) & 3), (iss >> 16) & 0x1F, bool(iss & (1 << 6))
+            x = list(exit_.x)
+            if write:
+                vgic.write(ipa, size, 0 if srt == 31 else exit_.x[srt])
+            elif srt != 31:
+                x[srt] = vgic.read(ipa, size)
+            return Reply(x=x, pc=exit_.elr + 4)
         if UART_IPA <= ipa < UART_IPA + UART_SIZE and iss & (1 << 24):   # ISV: decodable
             srt, write = (iss >> 16) & 0x1F, bool(iss & (1 << 6))
             x = list(exit_.x)

@@ -49,6 +49,7 @@ TCR_EL1 = 0x150
 SCTLR_EL1 = 0x158
 MPIDR = 0x160
 VBAR_EL1 = 0x168
+IRQ_INTID = 0x170        # KIND_IRQ: the INTID the shim acknowledged (and ended)
 # --- reply (Python -> shim) -----------------------------------------------------------------
 R_X0 = 0x200             # x0..x30 loaded into the guest before eret (to 0x2F8)
 R_ELR = 0x2F8
@@ -68,7 +69,7 @@ EL1_CONTEXT = 0x600
 EL1_CONTEXT_REGS = ("sctlr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "mair_el1", "amair_el1",
                     "vbar_el1", "cpacr_el1", "contextidr_el1", "tpidr_el1", "tpidr_el0",
                     "tpidrro_el0", "sp_el0", "sp_el1", "elr_el1", "spsr_el1", "cntkctl_el1",
-                    "hcr_el2", "vttbr_el2", "vtcr_el2")
+                    "vmpidr_el2", "hcr_el2", "vttbr_el2", "vtcr_el2")
 
 # Exit kinds.
 KIND_SYNC = 1            # synchronous exception from EL1 (HVC, trapped SMC, stage-2 fault...)
@@ -84,18 +85,18 @@ OP_MSR = 4       # write b to the system register numbered a in MSR_REGISTERS
 OP_LOAD_EL1 = 5  # load the EL1 context block (and the VM's HCR/VTTBR/VTCR) into the CPU
 OP_TLBI_VM = 6   # invalidate the stage-1+2 TLB entries of the current VMID, all CPUs
 OP_IDLE = 7      # after the commands, do not return: record an IDLE exit and wait again
-OP_ACK_IRQ = 8   # acknowledge and end the pending physical interrupt (ICC_IAR1/EOIR1)
 
 # Registers the shim has an ``msr`` gadget for, in gadget-table order.
 MSR_REGISTERS = ("hcr_el2", "vttbr_el2", "vtcr_el2", "cnthctl_el2", "esr_el1", "far_el1",
-                 "elr_el1", "spsr_el1", "icc_pmr_el1", "icc_igrpen1_el1")
+                 "elr_el1", "spsr_el1", "icc_pmr_el1", "icc_igrpen1_el1", "ich_hcr_el2",
+                 "ich_vmcr_el2", "ich_lr0_el2", "ich_lr1_el2", "cntv_ctl_el0")
 
 _LAYOUT_NAMES = (
     "RAM_BASE SHIM_BASE MAILBOX_BASE PAYLOAD_PARAMS MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "
     "SEQ_REQ SEQ_ACK KIND ESR ELR SPSR FAR HPFAR X0 TTBR0_EL1 TTBR1_EL1 TCR_EL1 SCTLR_EL1 MPIDR "
     "VBAR_EL1 R_X0 R_ELR R_SPSR NCMDS CMDS CMD_SIZE MAX_CMDS BOOT_ENTRY BOOT_CONTEXT "
     "BOOT_RESERVED_MASK BOOT_VTTBR BOOT_VTCR EL1_CONTEXT KIND_SYNC KIND_UNEXPECTED KIND_IDLE KIND_IRQ "
-    "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR OP_LOAD_EL1 OP_TLBI_VM OP_IDLE OP_ACK_IRQ"
+    "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR OP_LOAD_EL1 OP_TLBI_VM OP_IDLE IRQ_INTID"
 ).split()
 
 
@@ -123,14 +124,14 @@ def mailbox_address(cpu: int) -> int:
     return MAILBOX_BASE + cpu * MAILBOX_SIZE
 
 
-_RECORD = struct.Struct("<8Q31Q8x6Q")   # SEQ_REQ..HPFAR, x0..x30, (pad at 0x138), TTBR0..VBAR_EL1
+_RECORD = struct.Struct("<8Q31Q8x7Q")   # SEQ_REQ..HPFAR, x0..x30, (pad at 0x138), TTBR0..IRQ_INTID
 
 
 def decode_exit(cpu: int, buf, offset: int = 0) -> tuple[int, int, VcpuExit]:
     """(seq, kind, exit) from an exit record at `offset` of `buf` (bytes or the mapped RAM)."""
     v = _RECORD.unpack_from(buf, offset)
     return v[0], v[2], VcpuExit(cpu, v[3], v[4], v[5], v[8:39], v[6], v[7], v[39], v[40],
-                                v[41], v[42], v[43], v[44])
+                                v[41], v[42], v[43], v[44], v[45])
 
 
 RECORD_BYTES = _RECORD.size

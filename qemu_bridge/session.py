@@ -25,8 +25,8 @@ from guest import build as guest_build
 from gunyah_el2 import capabilities, stage2, vm_rm
 from gunyah_el2.backend import CpuOn, ForwardSmc, RaiseSpi, Reply
 from gunyah_el2.hypervisor import DEFAULT_ABI, Hypervisor
-from gunyah_el2.vm import (KICK_SPI_BASE, AckIrq, EnterVcpu, HCR_PRIMARY, InvalidateVmTlb, Kick,
-                           PrepareKick, ReturnToIdle, WriteEl1)
+from gunyah_el2.vm import (KICK_SPI_BASE, VTIMER_INTID, EnterVcpu, HCR_PRIMARY, InvalidateVmTlb,
+                           Kick, PrepareKick, ReturnToIdle, WriteEl1)
 from gunyah_el2.trace import Tracer
 
 from . import console as con
@@ -42,6 +42,11 @@ GICD_ISENABLER = 0x100
 GICD_ISPENDR = 0x200
 GICD_IROUTER = 0x6000
 GICR_WAKER = 0x14
+GICR_SGI_FRAME = 0x1_0000
+
+
+def msr(register: str) -> int:
+    return mailbox.MSR_REGISTERS.index(register)
 DEFAULT_BOOTARGS = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr rdinit=/init"
 
 
@@ -177,8 +182,11 @@ class QemuBackend:
                                           + mailbox.EL1_CONTEXT, block)
                 commands.append((mailbox.OP_LOAD_EL1, 0, 0))
             elif isinstance(action, ReturnToIdle):
-                commands += [(mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("hcr_el2"), HCR_PRIMARY),
-                             (mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("vttbr_el2"), 0),
+                commands += [(mailbox.OP_MSR, msr("cntv_ctl_el0"), 0),     # the VM's timer off
+                             (mailbox.OP_MSR, msr("ich_hcr_el2"), 0),
+                             (mailbox.OP_MSR, msr("ich_lr0_el2"), 0),
+                             (mailbox.OP_MSR, msr("hcr_el2"), HCR_PRIMARY),
+                             (mailbox.OP_MSR, msr("vttbr_el2"), 0),
                              (mailbox.OP_IDLE, 0, 0)]
             elif isinstance(action, WriteEl1):
                 commands += [(mailbox.OP_MSR, mailbox.MSR_REGISTERS.index(reg), value)
@@ -187,12 +195,16 @@ class QemuBackend:
                 commands.append((mailbox.OP_TLBI_VM, 0, 0))
             elif isinstance(action, Kick):
                 commands += [(mailbox.OP_WRITE32, a, v) for a, v in self.kick_writes(action.cpu)]
-            elif isinstance(action, AckIrq):
-                commands.append((mailbox.OP_ACK_IRQ, 0, 0))
             elif isinstance(action, PrepareKick):
-                commands += [(mailbox.OP_WRITE32, self.gicr_base + 0x20000 * exit_.cpu + GICR_WAKER, 0),
-                             (mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("icc_pmr_el1"), 0xFF),
-                             (mailbox.OP_MSR, mailbox.MSR_REGISTERS.index("icc_igrpen1_el1"), 1)]
+                frame = self.gicr_base + 0x20000 * exit_.cpu
+                commands += [(mailbox.OP_WRITE32, frame + GICR_WAKER, 0),
+                             # SGIs/PPIs in group 1; the VM's virtual timer PPI enabled
+                             (mailbox.OP_WRITE32, frame + GICR_SGI_FRAME + GICD_IGROUPR,
+                              0xFFFF_FFFF),
+                             (mailbox.OP_WRITE32, frame + GICR_SGI_FRAME + GICD_ISENABLER,
+                              1 << VTIMER_INTID),
+                             (mailbox.OP_MSR, msr("icc_pmr_el1"), 0xFF),
+                             (mailbox.OP_MSR, msr("icc_igrpen1_el1"), 1)]
             else:
                 raise TypeError(f"no mailbox encoding for {action!r}")
         spsr = exit_.spsr if reply.spsr is None else reply.spsr

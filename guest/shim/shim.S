@@ -178,10 +178,19 @@ el1_sync:
 	mov	x10, #MB_KIND_SYNC
 	b	record
 
-/* A physical interrupt while a VM ran with HCR_EL2.IMO set: the hypervisor's kick. */
+/*
+ * A physical interrupt while a VM ran with HCR_EL2.IMO set (the hypervisor's kick, or the VM's
+ * timer): acknowledge and end it here, and tell Python which one it was.
+ */
 el1_irq:
 	save_gprs
-	mov	x10, #MB_KIND_IRQ
+	mrs	x10, S3_0_C12_C12_0		/* ICC_IAR1_EL1 */
+	str	x10, [x9, #MB_IRQ_INTID]
+	cmp	x10, #1020
+	b.hs	1f
+	msr	S3_0_C12_C12_1, x10		/* ICC_EOIR1_EL1: priority drop and deactivate */
+	isb
+1:	mov	x10, #MB_KIND_IRQ
 	b	record
 
 /* Wait for work: entered with x9 = mailbox (reserved CPUs, and after OP_IDLE). */
@@ -242,8 +251,6 @@ next_cmd:
 	b.eq	cmd_tlbi_vm
 	cmp	x14, #MB_OP_IDLE
 	b.eq	cmd_idle
-	cmp	x14, #MB_OP_ACK_IRQ
-	b.eq	cmd_ack_irq
 cmd_done:
 	add	x13, x13, #MB_CMD_SIZE
 	sub	x12, x12, #1
@@ -270,13 +277,6 @@ cmd_write64:
 cmd_idle:
 	mov	x20, #1
 	b	cmd_done
-cmd_ack_irq:				/* acknowledge and end the pending physical interrupt */
-	mrs	x15, S3_0_C12_C12_0		/* ICC_IAR1_EL1 */
-	cmp	x15, #1020
-	b.hs	cmd_done
-	msr	S3_0_C12_C12_1, x15		/* ICC_EOIR1_EL1 */
-	isb
-	b	cmd_done
 cmd_tlbi_vm:
 	dsb	ishst
 	tlbi	vmalls12e1is
@@ -284,7 +284,7 @@ cmd_tlbi_vm:
 	isb
 	b	cmd_done
 cmd_load_el1:				/* a VM's EL1 state and its stage-2 configuration */
-	.irp reg, sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, cpacr_el1, contextidr_el1, tpidr_el1, tpidr_el0, tpidrro_el0, sp_el0, sp_el1, elr_el1, spsr_el1, cntkctl_el1, hcr_el2, vttbr_el2, vtcr_el2
+	.irp reg, sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, cpacr_el1, contextidr_el1, tpidr_el1, tpidr_el0, tpidrro_el0, sp_el0, sp_el1, elr_el1, spsr_el1, cntkctl_el1, vmpidr_el2, hcr_el2, vttbr_el2, vtcr_el2
 	ldr	x17, [x9, #CTX_\reg]
 	msr	\reg, x17
 	.endr
@@ -297,7 +297,7 @@ cmd_msr:
 	add	x17, x17, x15, lsl #3
 	br	x17
 msr_gadgets:				/* two instructions each, in MSR_REGISTERS order */
-	.irp reg, hcr_el2, vttbr_el2, vtcr_el2, cnthctl_el2, esr_el1, far_el1, elr_el1, spsr_el1, S3_0_C4_C6_0, S3_0_C12_C12_7
+	.irp reg, hcr_el2, vttbr_el2, vtcr_el2, cnthctl_el2, esr_el1, far_el1, elr_el1, spsr_el1, S3_0_C4_C6_0, S3_0_C12_C12_7, S3_4_C12_C11_0, S3_4_C12_C11_7, S3_4_C12_C12_0, S3_4_C12_C12_1, cntv_ctl_el0
 	msr	\reg, x16
 	b	msr_done
 	.endr
