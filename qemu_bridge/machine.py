@@ -115,10 +115,16 @@ class QemuMachine:
         if logfile is not None:
             self.child.logfile_read = logfile
         self._wait_for_sockets()
-        self.qmp = QEMUMonitorProtocol(self.qmp_path)
-        self.qmp.connect()
-        self.gdb = GdbRemote(self.gdb_path)
-        self.gdb.read_target_description()
+        try:
+            self.qmp = QEMUMonitorProtocol(self.qmp_path)
+            self.qmp.connect()
+            self.gdb = GdbRemote(self.gdb_path)
+            self.gdb.read_target_description()
+        except Exception as err:              # QEMU died while starting (e.g. a bad load)
+            time.sleep(0.1)
+            output = self._drain()
+            raise QemuError(f"QEMU failed while starting ({err.__class__.__name__}):\n"
+                            f"{output.strip()}\ncommand: {shlex.join(self.command)}") from None
         if cfg.shared_ram:
             fd = os.open(self.ram_path, os.O_RDWR)
             try:

@@ -34,3 +34,42 @@ def test_bare_metal_vm_runs_isolated_and_exits(transport, tmp_path, no_leftovers
     assert events.count("vm_fault") == 2 and "vm_exit" in events
     host_cases, _, _ = parse_tap(log.read_text().replace("[vm128]", "#"))
     assert [c.passed for c in host_cases] == [True]      # the primary got its interrupt
+
+
+LINUX_VM_PA, LINUX_VM_IPA, LINUX_VM_SIZE = 0x4A00_0000, 0x8000_0000, 128 << 20
+DTB_OFFSET, INITRD_OFFSET = 64 << 20, 65 << 20
+
+
+def test_debian_linux_boots_as_a_secondary_vm(tmp_path, no_leftovers):
+    """The Debian kernel and a busybox initramfs boot as a 1-vCPU VM to a marker printed by
+    its user space, with its virtual timer and GIC provided by the hypervisor, while the
+    primary keeps running (it waits for the exit interrupt)."""
+    from pathlib import Path
+    from dts.generate import linux_vm_dtb
+    from guest import build
+    initrd = build.build_run_initramfs(build.build_base_initramfs(), tmp_path / "vm.cpio",
+                                       command=None, token="vm",
+                                       overlays=[Path(build.GUEST_DIR) / "vm"])
+    start = LINUX_VM_IPA + INITRD_OFFSET
+    dtb = tmp_path / "vm.dtb"
+    dtb.write_bytes(linux_vm_dtb(LINUX_VM_IPA, LINUX_VM_SIZE,
+                                 (start, start + initrd.stat().st_size),
+                                 "earlycon=pl011,0x9000000 keep_bootcon quiet nokaslr "
+                                 "rdinit=/init panic=-1"))
+
+    def start_vm(hv):
+        hv.vms.create(0x90, [(LINUX_VM_IPA, LINUX_VM_PA, LINUX_VM_SIZE)], entry=LINUX_VM_IPA,
+                      x0=LINUX_VM_IPA + DTB_OFFSET)
+        hv.vms.on_exit = lambda vm: hv.raise_spi(capabilities.RM_RX.spi)
+
+    result = run(RunOptions(kernel=build_payload("suite_vmhost_wait"), bare_metal=True,
+                            vm_cpus=1, timeout=240, quiet=True, vm_console_dir=tmp_path / "vms",
+                            extra_loads=[(build.default_kernel(), LINUX_VM_PA),
+                                         (dtb, LINUX_VM_PA + DTB_OFFSET),
+                                         (initrd, LINUX_VM_PA + INITRD_OFFSET)],
+                            on_hypervisor=start_vm))
+    assert result.ok, result.failure_report()
+    console = (tmp_path / "vms" / "vm144.log").read_text()
+    assert "GSIM-VM-LINUX-BOOTED" in console, console[-3000:]
+    assert "reboot: Power down" in console
+    assert [e["reason"] for e in result.events if e["event"] == "vm_exit"] == ["powered off"]
