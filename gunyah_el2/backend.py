@@ -35,6 +35,7 @@ class VcpuExit:
     mpidr: int = 0
     vbar: int = 0            # VBAR_EL1: where an injected abort goes
     intid: int = 1023        # IRQ exits: the physical INTID the shim acknowledged
+    el1: dict | None = None  # IRQ exits of a vCPU: its EL1 state (for switching it out)
 
     @property
     def ec(self) -> int:

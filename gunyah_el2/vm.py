@@ -11,6 +11,7 @@ wait for a CPU to become free (no time slicing yet).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -111,22 +112,32 @@ def inject_abort(exit_: VcpuExit, ec_same_el: int) -> Reply:
                                     "elr_el1": exit_.elr, "spsr_el1": exit_.spsr})])
 
 
-@dataclass
+@dataclass(eq=False)              # identity: vCPUs are kept in sets and queues
 class Vcpu:
     vm: "VmRuntime"
     index: int
     regs: list = field(default_factory=lambda: [0] * 31)
     pc: int = 0
+    spsr: int = SPSR_EL1H_MASKED
     state: str = "off"            # off, runnable, running
     cpu: int | None = None
+    el1: dict | None = None       # saved EL1 state of a vCPU that was switched out
+    since: float = 0.0            # when it got its CPU (time slicing)
 
     def context(self) -> dict:
-        vm = self.vm
-        return {"sctlr_el1": SCTLR_EL1_RESET, "ttbr0_el1": 0, "ttbr1_el1": 0, "tcr_el1": 0,
-                "mair_el1": 0, "amair_el1": 0, "vbar_el1": 0, "cpacr_el1": 0,
-                "contextidr_el1": 0, "tpidr_el1": 0, "tpidr_el0": 0, "tpidrro_el0": 0,
-                "sp_el0": 0, "sp_el1": 0, "elr_el1": 0, "spsr_el1": 0, "cntkctl_el1": 0,
-                "vmpidr_el2": (1 << 31) | self.index, "hcr_el2": HCR_GUEST_VM, "vttbr_el2": vm.s2.vttbr, "vtcr_el2": stage2.VTCR}
+        el1 = self.el1 or {"sctlr_el1": SCTLR_EL1_RESET}
+        context = {reg: el1.get(reg, 0) for reg in EL1_STATE}
+        context.update({"vmpidr_el2": (1 << 31) | self.index, "hcr_el2": HCR_GUEST_VM,
+                        "vttbr_el2": self.vm.s2.vttbr, "vtcr_el2": stage2.VTCR})
+        return context
+
+
+# A vCPU's own EL1 state, in the order the shim loads it (qemu_bridge/mailbox.py).
+EL1_STATE = ("sctlr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "mair_el1", "amair_el1",
+             "vbar_el1", "cpacr_el1", "contextidr_el1", "tpidr_el1", "tpidr_el0", "tpidrro_el0",
+             "sp_el0", "sp_el1", "elr_el1", "spsr_el1", "cntkctl_el1", "cntv_cval_el0",
+             "cntv_ctl_el0")
+TIME_SLICE_S = 0.02
 
 
 @dataclass
@@ -150,6 +161,7 @@ class VmManager:
         self.running: dict[int, Vcpu] = {}       # physical CPU -> vCPU on it
         self.runnable: list[Vcpu] = []
         self.outbox: list[tuple[int, Reply]] = []     # answers for parked CPUs
+        self.preempting: set = set()                   # vCPUs kicked to end their slice
         self.pages: stage2.PageAllocator | None = None
         self.primary_s2: stage2.Stage2 | None = None
         self.on_exit: Callable[[VmRuntime], None] = lambda vm: None
@@ -245,10 +257,12 @@ class VmManager:
             vcpu = self.runnable.pop(0)
             vcpu.state, vcpu.cpu = "running", cpu
             self.running[cpu] = vcpu
-            reply = Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=SPSR_EL1H_MASKED,
-                          actions=[PrepareKick(), EnterVcpu(vcpu.context()),
-                                   WriteEl1({"ich_hcr_el2": 1, "ich_vmcr_el2": 0,
-                                             "ich_lr0_el2": 0, "cntv_ctl_el0": 0})])
+            vcpu.since = time.monotonic()
+            fresh = {"ich_hcr_el2": 1}
+            if vcpu.el1 is None:                   # a vCPU's first run: a clean GIC/timer
+                fresh.update({"ich_vmcr_el2": 0, "ich_lr0_el2": 0, "cntv_ctl_el0": 0})
+            reply = Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=vcpu.spsr,
+                          actions=[PrepareKick(), EnterVcpu(vcpu.context()), WriteEl1(fresh)])
             self.outbox.append((cpu, reply))
             log.info("vm%d vcpu%d runs on cpu%d at %#x", vcpu.vm.vmid, vcpu.index, cpu, vcpu.pc)
 
@@ -261,6 +275,18 @@ class VmManager:
                 del self.outbox[i]
                 return reply
         return None
+
+    def tick(self) -> None:
+        """Called now and then: a vCPU waits for a CPU while others used theirs for a whole
+        time slice, so kick the longest-running one off (it goes to the back of the queue)."""
+        if not self.runnable or self.preempting:
+            return
+        now = time.monotonic()
+        due = [v for v in self.running.values() if now - v.since >= TIME_SLICE_S]
+        if due:
+            victim = min(due, key=lambda v: v.since)
+            self.preempting.add(victim)
+            self.kick(victim.cpu)
 
     def kick(self, cpu: int) -> None:
         """Make the vCPU on `cpu` trap: with the current call's reply, or right away."""
@@ -276,6 +302,16 @@ class VmManager:
             if vcpu is None:
                 return Reply(x=list(exit_.x), pc=exit_.elr, actions=[ReturnToIdle()])
             return self._leave(exit_, vcpu)
+        if vcpu in self.preempting:                # its time slice is over: switch it out
+            self.preempting.discard(vcpu)
+            if self.runnable:
+                reply = self._leave(exit_, vcpu)
+                vcpu.regs, vcpu.pc, vcpu.spsr = list(exit_.x), exit_.elr, exit_.spsr
+                vcpu.el1 = dict(exit_.el1 or {})
+                self.hv.note_event("vcpu_preempted", vmid=vcpu.vm.vmid, vcpu=vcpu.index,
+                                     cpu=exit_.cpu)
+                self._make_runnable(vcpu)          # to the back of the queue
+                return reply
         reply = Reply(x=list(exit_.x), pc=exit_.elr)
         if exit_.intid == VTIMER_INTID:
             # Mask the timer until the guest reprograms it (Linux clears IMASK when it sets the
@@ -322,6 +358,7 @@ class VmManager:
 
     def _call(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
         """PSCI is the hypervisor's own for VMs (its vCPUs are virtual); the rest is shared."""
+        started = time.perf_counter()
         vm, fid, x = vcpu.vm, exit_.x[0] & 0xFFFF_FFFF, list(exit_.x)
         reply = Reply(x=x, pc=exit_.next_pc)
         if fid in (PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET):
@@ -353,8 +390,7 @@ class VmManager:
                     or fid in (0x80000000, 0x80000001):
                 return self.hv.dispatch_call(exit_)
             x[0] = SMCCC_NOT_SUPPORTED & MASK64
-        self.hv.tracer.call(exit_, f"vm{vm.vmid}_call", {"fid": fid}, {"x0": x[0]},
-                            self.hv.tracer.t0)
+        self.hv.tracer.call(exit_, f"vm{vm.vmid}_call", {"fid": fid}, {"x0": x[0]}, started)
         return reply
 
     def _cpu_on(self, vm: VmRuntime, target: int, entry: int, context: int) -> int:
@@ -364,7 +400,7 @@ class VmManager:
         if vcpu.state != "off":
             return PSCI_ALREADY_ON
         vcpu.regs = [0] * 31
-        vcpu.regs[0], vcpu.pc = context, entry
+        vcpu.regs[0], vcpu.pc, vcpu.spsr, vcpu.el1 = context, entry, SPSR_EL1H_MASKED, None
         self._make_runnable(vcpu)
         return PSCI_SUCCESS
 

@@ -69,7 +69,10 @@ EL1_CONTEXT = 0x600
 EL1_CONTEXT_REGS = ("sctlr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "mair_el1", "amair_el1",
                     "vbar_el1", "cpacr_el1", "contextidr_el1", "tpidr_el1", "tpidr_el0",
                     "tpidrro_el0", "sp_el0", "sp_el1", "elr_el1", "spsr_el1", "cntkctl_el1",
-                    "vmpidr_el2", "hcr_el2", "vttbr_el2", "vtcr_el2")
+                    "cntv_cval_el0", "cntv_ctl_el0", "vmpidr_el2", "hcr_el2", "vttbr_el2",
+                    "vtcr_el2")
+# The part of it the shim saves on an IRQ exit (the vCPU's own state, not the VM's EL2 set-up).
+EL1_SAVED_REGS = EL1_CONTEXT_REGS[:19]
 
 # Exit kinds.
 KIND_SYNC = 1            # synchronous exception from EL1 (HVC, trapped SMC, stage-2 fault...)

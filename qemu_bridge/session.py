@@ -133,6 +133,12 @@ class QemuBackend:
     def kick_async(self, cpu: int) -> None:
         self.async_spis.put(("kick", cpu))
 
+    def saved_el1(self, cpu: int) -> dict:
+        """The EL1 state the shim saved into the CPU's context block on its IRQ exit."""
+        n = len(mailbox.EL1_SAVED_REGS)
+        raw = self.transport.read_phys(mailbox.mailbox_address(cpu) + mailbox.EL1_CONTEXT, 8 * n)
+        return dict(zip(mailbox.EL1_SAVED_REGS, struct.unpack(f"<{n}Q", raw)))
+
     def kick_writes(self, cpu: int) -> list[tuple[int, int]]:
         """32-bit GICD writes that route CPU `cpu`'s kick SPI to it, enable it, raise it."""
         intid = 32 + KICK_SPI_BASE + cpu
@@ -226,6 +232,7 @@ class ServiceThread(threading.Thread):
             while not self.stop_requested.is_set():
                 got = self.transport.wait(0.05)
                 if got is None:
+                    self.hv.vms.tick()                # time slices of oversubscribed CPUs
                     self._raise_async()
                     continue
                 seq, kind, exit_ = got
@@ -235,6 +242,7 @@ class ServiceThread(threading.Thread):
                                   f"ELR_EL2 {exit_.elr:#x}")
                     return
                 if kind == mailbox.KIND_IRQ:
+                    exit_.el1 = self.backend.saved_el1(exit_.cpu)
                     reply = self.hv.handle_irq(exit_)
                 elif kind == mailbox.KIND_IDLE:
                     reply = self.hv.handle_idle(exit_)
@@ -248,6 +256,7 @@ class ServiceThread(threading.Thread):
                 for cpu, later in self.hv.take_replies():   # work for CPUs that were waiting
                     pseq, pexit = self.parked.pop(cpu)
                     self.transport.reply(cpu, self.backend.encode(later, pexit), pseq)
+                self.hv.vms.tick()
                 self._raise_async()
         except TransportClosed:
             pass

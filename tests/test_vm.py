@@ -73,3 +73,28 @@ def test_debian_linux_boots_as_a_secondary_vm(tmp_path, no_leftovers):
     assert "GSIM-VM-LINUX-BOOTED" in console, console[-3000:]
     assert "reboot: Power down" in console
     assert [e["reason"] for e in result.events if e["event"] == "vm_exit"] == ["powered off"]
+
+
+def test_two_vcpus_time_slice_one_reserved_cpu(tmp_path, no_leftovers):
+    """vCPU 0 waits (without trapping) for vCPU 1, which has no CPU of its own: only a time
+    slice that switches vCPU 0 out (EL1 state saved, restored later) lets the VM finish."""
+    from dts.generate import vm_dtb
+    from gunyah_el2.vm import DEFAULT_IPA_BASE
+    dtb = tmp_path / "vm.dtb"
+    dtb.write_bytes(vm_dtb(2, DEFAULT_IPA_BASE))
+
+    def start_vm(hv):
+        hv.vms.create(0x81, [(0x8000_0000, VM_PA, 0x20_0000)], entry=0x8000_0000,
+                      x0=0x8010_0000, ncpus=2)
+        hv.vms.on_exit = lambda vm: hv.raise_spi(capabilities.RM_RX.spi)
+
+    result = run(RunOptions(kernel=build_payload("suite_vmhost_wait"), bare_metal=True,
+                            vm_cpus=1, timeout=120, quiet=True, vm_console_dir=tmp_path / "vms",
+                            extra_loads=[(build_payload("vm_hello"), VM_PA),
+                                         (dtb, VM_PA + 0x10_0000)],
+                            on_hypervisor=start_vm))
+    assert result.ok, result.failure_report()
+    cases, plan, _ = parse_tap((tmp_path / "vms" / "vm129.log").read_text())
+    assert plan == len(cases) and all(c.passed for c in cases), [c.name for c in cases]
+    assert any("second vCPU ran" in c.name for c in cases)
+    assert any(e["event"] == "vcpu_preempted" and e["vcpu"] == 0 for e in result.events)

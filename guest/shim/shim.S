@@ -190,7 +190,12 @@ el1_irq:
 	b.hs	1f
 	msr	S3_0_C12_C12_1, x10		/* ICC_EOIR1_EL1: priority drop and deactivate */
 	isb
-1:	mov	x10, #MB_KIND_IRQ
+1:	/* Save the vCPU's EL1 state too, in case Python switches it out (time slicing). */
+	.irp reg, sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, cpacr_el1, contextidr_el1, tpidr_el1, tpidr_el0, tpidrro_el0, sp_el0, sp_el1, elr_el1, spsr_el1, cntkctl_el1, cntv_cval_el0, cntv_ctl_el0
+	mrs	x17, \reg
+	str	x17, [x9, #CTX_\reg]
+	.endr
+	mov	x10, #MB_KIND_IRQ
 	b	record
 
 /* Wait for work: entered with x9 = mailbox (reserved CPUs, and after OP_IDLE). */
@@ -284,7 +289,7 @@ cmd_tlbi_vm:
 	isb
 	b	cmd_done
 cmd_load_el1:				/* a VM's EL1 state and its stage-2 configuration */
-	.irp reg, sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, cpacr_el1, contextidr_el1, tpidr_el1, tpidr_el0, tpidrro_el0, sp_el0, sp_el1, elr_el1, spsr_el1, cntkctl_el1, vmpidr_el2, hcr_el2, vttbr_el2, vtcr_el2
+	.irp reg, sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, cpacr_el1, contextidr_el1, tpidr_el1, tpidr_el0, tpidrro_el0, sp_el0, sp_el1, elr_el1, spsr_el1, cntkctl_el1, cntv_cval_el0, cntv_ctl_el0, vmpidr_el2, hcr_el2, vttbr_el2, vtcr_el2
 	ldr	x17, [x9, #CTX_\reg]
 	msr	\reg, x17
 	.endr
