@@ -54,18 +54,21 @@ def baseline_qemu_smc(payload: str) -> list[float]:
     return _guest_batches(out.stdout)
 
 
-def trapped(payload: str, transport: str) -> tuple[list[float], list[float]]:
-    """Under gunyah-sim: host-timed µs between consecutive exits, and guest-timed batches."""
+def trapped(payload: str, transport: str, traced: bool = True):
+    """Under gunyah-sim: host-timed µs between consecutive exits (from the trace), and
+    guest-timed batches.  Untraced runs give only the latter (tracing costs per call)."""
     with tempfile.TemporaryDirectory() as tmp:
         trace, log = Path(tmp) / "t.jsonl", Path(tmp) / "console.log"
         result = run(RunOptions(kernel=build.build_payload(payload), bare_metal=True,
-                                transport=transport, trace=trace, console_log=log, quiet=True,
-                                timeout=300))
+                                transport=transport, trace=trace if traced else None,
+                                console_log=log, quiet=True, timeout=300))
         if not result.ok:
             raise RuntimeError(result.failure_report())
+        text = log.read_text()
+        if not traced:
+            return [], _guest_batches(text)
         times = [r["t"] for r in map(json.loads, trace.read_text().splitlines())
                  if r.get("call") == "smccc_version"]
-        text = log.read_text()
     host = [(b - a) * 1e6 for a, b in zip(times[20:], times[21:])]   # after the warm-up
     return host, _guest_batches(text)
 
@@ -93,22 +96,25 @@ def bench_hvc(rounds: int) -> None:
     for _ in range(rounds):                   # interleaved, so drift hits every row alike
         for payload, tag in (("bench_hvc", ""), ("bench_hvc_blocks", " + 1000 TBs")):
             add(f"QEMU in-process SMC (baseline){tag}", baseline_qemu_smc(payload))
+            add(f"shm doorbell, guest-timed, no trace{tag}", trapped(payload, "shm", False)[1])
             host, guest = trapped(payload, "shm")
-            add(f"shm doorbell, host-timed{tag}", host)
-            add(f"shm doorbell, guest-timed{tag}", guest)
+            add(f"shm doorbell, host-timed, --trace on{tag}", host)
+            add(f"shm doorbell, guest-timed, --trace on{tag}", guest)
             host, _ = trapped(payload, "gdb")
             add(f"gdb doorbell, host-timed{tag}", host)
         with Load():
             host, _ = trapped("bench_hvc", "shm")
-        add("shm doorbell under load (all cores busy), host-timed", host)
+            add("shm doorbell under load (all cores busy), guest-timed, no trace",
+                trapped("bench_hvc", "shm", False)[1])
+        add("shm doorbell under load (all cores busy), host-timed, --trace on", host)
     base = {"": statistics.median(rows["QEMU in-process SMC (baseline)"]),
             " + 1000 TBs": statistics.median(rows["QEMU in-process SMC (baseline) + 1000 TBs"])}
     print(f"\nbench-hvc: {rounds} interleaved round(s); µs per call; baseline = QEMU's own "
           "PSCI_VERSION SMC (guest-timed in batches of 50)")
-    print(f"{'path':58} {'samples':>7} {'median':>9} {'p99':>9} {'ratio':>8}")
+    print(f"{'path':66} {'samples':>7} {'median':>9} {'p99':>9} {'ratio':>8}")
     for name, values in rows.items():
         b = base[" + 1000 TBs"] if "TBs" in name else base[""]
-        print(f"{name:58} {len(values):7d} {statistics.median(values):9.2f} "
+        print(f"{name:66} {len(values):7d} {statistics.median(values):9.2f} "
               f"{pct(values, 0.99):9.2f} {statistics.median(values) / b:7.1f}x")
 
 
