@@ -225,12 +225,15 @@ class GdbProxy:
         except Exception:                       # never take the run down with us
             log.exception("gdb proxy failed")
         finally:
-            if self.conn is not None:
-                try:
-                    self.conn.close()
-                except OSError:
-                    pass
-                self.conn = None
+            self._close_conn()
+
+    def _close_conn(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            self.conn = None
 
     def _accept(self) -> None:
         conn, addr = self.listener.accept()
@@ -268,12 +271,7 @@ class GdbProxy:
                 self.user_running = self.user_interrupt = False
                 self.resume_packet = self.last_stop = None
         finally:
-            if self.conn is not None:
-                try:
-                    self.conn.close()
-                except OSError:
-                    pass
-            self.conn = None
+            self._close_conn()
             self.attached.clear()
 
     def _poll_stub(self) -> None:
