@@ -24,8 +24,11 @@ void rm_init(void)
 
 u64 rm_rx_interrupts(void) { return rx_irqs; }
 
-static u32 rd32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (u32)p[3] << 24; }
-static u16 rd16(const unsigned char *p) { return (u16)(p[0] | p[1] << 8); }
+void put_u16(unsigned char *p, u16 v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
+void put_u32(unsigned char *p, u32 v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+void put_u64(unsigned char *p, u64 v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+u16 get_u16(const unsigned char *p) { return (u16)(p[0] | p[1] << 8); }
+u32 get_u32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (u32)p[3] << 24; }
 
 static int send_request(u32 msg_id, u16 seq, const unsigned char *req, u32 len)
 {
@@ -67,8 +70,8 @@ static u32 receive_one(u64 spins)
 static void remember_notification(u32 size)
 {
 	if (size >= HDR + 2 && nnotes < NOTES) {
-		notes[nnotes].id = rd32(msg + 4);
-		notes[nnotes].vmid = rd16(msg + HDR);
+		notes[nnotes].id = get_u32(msg + 4);
+		notes[nnotes].vmid = get_u16(msg + HDR);
 		nnotes++;
 	}
 }
@@ -89,8 +92,8 @@ u32 rm_call(u32 msg_id, const void *req, u32 len, void *reply, u32 *reply_len)
 			remember_notification(size);
 			continue;
 		}
-		if (type == 2 && rd16(msg + 2) == seq && rd32(msg + 4) == msg_id) {
-			err = rd32(msg + HDR);
+		if (type == 2 && get_u16(msg + 2) == seq && get_u32(msg + 4) == msg_id) {
+			err = get_u32(msg + HDR);
 			frags_left = msg[1] >> 2;
 			u32 n = size - HDR - 4;
 			if (reply)
@@ -123,4 +126,58 @@ int rm_wait_notification(u32 msg_id, u32 vmid, u64 spins)
 			remember_notification(size);
 	}
 	return 0;
+}
+
+static unsigned char vmm_req[64], vmm_rep[64];
+
+u32 rm_vmid_call(u32 msg_id, u16 vmid)
+{
+	u32 len;
+	memset(vmm_req, 0, 8);
+	put_u16(vmm_req, vmid);
+	return rm_call(msg_id, vmm_req, msg_id == RM_VM_STOP ? 8 : 4, vmm_rep, &len);
+}
+
+u32 rm_mem_reclaim(u32 handle)
+{
+	u32 len;
+	memset(vmm_req, 0, 8);
+	put_u32(vmm_req, handle);
+	return rm_call(RM_MEM_RECLAIM, vmm_req, 8, vmm_rep, &len);
+}
+
+int rm_vm_prepare(struct rm_vm *vm, u32 label, u64 image_size, u64 dtb_offset, u64 dtb_size)
+{
+	u32 len, err;
+	memset(vmm_req, 0, 4);
+	err = rm_call(RM_VM_ALLOC_VMID, vmm_req, 4, vmm_rep, &len);
+	vm->vmid = get_u16(vmm_rep);
+	if (!ok(err == 0 && len >= 2 && vm->vmid != 0, "VM_ALLOC_VMID gives a dynamic VMID")) {
+		diag("error", err);
+		return 0;
+	}
+	/* MEM_LEND: normal memory, no flags, a label; one ACL entry (the VM, RWX); one range. */
+	memset(vmm_req, 0, sizeof(vmm_req));
+	put_u32(vmm_req + 4, label);
+	put_u32(vmm_req + 8, 1);
+	put_u16(vmm_req + 12, vm->vmid);
+	vmm_req[14] = 0x7;
+	put_u16(vmm_req + 16, 1);
+	put_u64(vmm_req + 20, vm->pa);
+	put_u64(vmm_req + 28, vm->size);
+	err = rm_call(RM_MEM_LEND, vmm_req, 40, vmm_rep, &len);
+	vm->handle = get_u32(vmm_rep);
+	if (!ok(err == 0 && len == 4, "MEM_LEND of the VM's memory gives a handle")) {
+		diag("error", err);
+		return 0;
+	}
+	/* VM_CONFIG_IMAGE: the image at offset 0 of that parcel, the DTB at dtb_offset. */
+	memset(vmm_req, 0, 40);
+	put_u16(vmm_req, vm->vmid);
+	put_u32(vmm_req + 4, vm->handle);
+	put_u64(vmm_req + 16, image_size);
+	put_u64(vmm_req + 24, dtb_offset);
+	put_u64(vmm_req + 32, dtb_size);
+	return expect_eq("VM_CONFIG_IMAGE", rm_call(RM_VM_CONFIG_IMAGE, vmm_req, 40, vmm_rep, &len), 0)
+		& expect_eq("VM_INIT", rm_vmid_call(RM_VM_INIT, vm->vmid), 0);
 }

@@ -27,4 +27,29 @@ int rm_wait_notification(u32 msg_id, u32 vmid, u64 spins);
 /* RX interrupts seen so far. */
 u64 rm_rx_interrupts(void);
 
+/* Little-endian fields of RM payloads. */
+void put_u16(unsigned char *p, u16 v);
+void put_u32(unsigned char *p, u32 v);
+void put_u64(unsigned char *p, u64 v);
+u16 get_u16(const unsigned char *p);
+u32 get_u32(const unsigned char *p);
+
+/* A request whose payload is {u16 vmid, zeros} (VM_START, VM_INIT, VM_STOP, ...). */
+u32 rm_vmid_call(u32 msg_id, u16 vmid);
+u32 rm_mem_reclaim(u32 handle);
+
+/* What a VMM knows of one VM it creates. */
+struct rm_vm {
+	u64 pa, size;             /* the memory it lends, holding the image and the DTB */
+	u16 vmid;
+	u32 handle;
+};
+
+/*
+ * The v6 VMM's steps before VM_START: VM_ALLOC_VMID, MEM_LEND of the VM's memory (RWX to the
+ * VM), VM_CONFIG_IMAGE (image at offset 0 of that parcel), VM_INIT.  One TAP case per step;
+ * returns 1 when all succeeded.
+ */
+int rm_vm_prepare(struct rm_vm *vm, u32 label, u64 image_size, u64 dtb_offset, u64 dtb_size);
+
 #endif

@@ -26,19 +26,6 @@ void secondary_main(u64 context) { (void)context; }
 static unsigned char req[1024], rep[256];
 static u32 rep_len;
 
-static void put_u16(unsigned char *p, u16 v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
-static void put_u32(unsigned char *p, u32 v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
-static void put_u64(unsigned char *p, u64 v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
-static u32 get_u32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (u32)p[3] << 24; }
-static u16 get_u16(const unsigned char *p) { return (u16)(p[0] | p[1] << 8); }
-
-static u32 vmid_call(u32 msg_id, u16 vmid)
-{
-	memset(req, 0, 8);
-	put_u16(req, vmid);
-	return rm_call(msg_id, req, msg_id == RM_VM_STOP ? 8 : 4, rep, &rep_len);
-}
-
 /* MEM_LEND/MEM_SHARE request: one ACL entry per vmid (RWX), `n` ranges of one page each. */
 static u32 mem_request(u32 msg_id, const u16 *vmids, u32 nacl, u64 base, u32 n, u32 flags,
 		       u32 *handle)
@@ -65,13 +52,6 @@ static u32 mem_request(u32 msg_id, const u16 *vmids, u32 nacl, u64 base, u32 n, 
 	return err;
 }
 
-static u32 reclaim(u32 handle)
-{
-	memset(req, 0, 8);
-	put_u32(req, handle);
-	return rm_call(RM_MEM_RECLAIM, req, 8, rep, &rep_len);
-}
-
 void payload_main(u64 dtb)
 {
 	(void)dtb;
@@ -94,15 +74,15 @@ void payload_main(u64 dtb)
 										     &rep_len), 0);
 	expect_eq("VM_ALLOC_VMID(5) again: NORESOURCE", rm_call(RM_VM_ALLOC_VMID, req, 4, rep,
 									&rep_len), NORESOURCE);
-	expect_eq("VM_DEALLOC_VMID(5)", vmid_call(RM_VM_DEALLOC_VMID, 5), 0);
+	expect_eq("VM_DEALLOC_VMID(5)", rm_vmid_call(RM_VM_DEALLOC_VMID, 5), 0);
 	expect_eq("VM_DEALLOC_VMID of an unknown VMID: VMID_INVALID",
-		  vmid_call(RM_VM_DEALLOC_VMID, 0x7f), VMID_INVALID);
-	ok(vmid_call(RM_VM_DEALLOC_VMID, 3) != 0, "VM_DEALLOC_VMID of the primary is refused");
+		  rm_vmid_call(RM_VM_DEALLOC_VMID, 0x7f), VMID_INVALID);
+	ok(rm_vmid_call(RM_VM_DEALLOC_VMID, 3) != 0, "VM_DEALLOC_VMID of the primary is refused");
 	expect_eq("VM_START of a VM that was never configured: VM_STATE",
-		  vmid_call(RM_VM_START, a), VM_STATE);
-	expect_eq("VM_INIT of an unknown VMID: VMID_INVALID", vmid_call(RM_VM_INIT, 0x7e),
+		  rm_vmid_call(RM_VM_START, a), VM_STATE);
+	expect_eq("VM_INIT of an unknown VMID: VMID_INVALID", rm_vmid_call(RM_VM_INIT, 0x7e),
 		  VMID_INVALID);
-	expect_eq("VM_STOP of a VM that is not running: VM_STATE", vmid_call(RM_VM_STOP, a), VM_STATE);
+	expect_eq("VM_STOP of a VM that is not running: VM_STATE", rm_vmid_call(RM_VM_STOP, a), VM_STATE);
 
 	u32 h1, h2, h3;
 	u16 acl_a[1] = { a }, acl_share[2] = { a, 3 };
@@ -110,10 +90,10 @@ void payload_main(u64 dtb)
 	ok(err == 0 && rep_len == 4, "MEM_LEND of one page: a handle");
 	expect_eq("MEM_LEND of the same page again: MEM_INVALID",
 		  mem_request(RM_MEM_LEND, acl_a, 1, TEST_PAGES, 1, 0, &h2), MEM_INVALID);
-	expect_eq("MEM_RECLAIM", reclaim(h1), 0);
-	expect_eq("MEM_RECLAIM of the same handle again: HANDLE_INVALID", reclaim(h1),
+	expect_eq("MEM_RECLAIM", rm_mem_reclaim(h1), 0);
+	expect_eq("MEM_RECLAIM of the same handle again: HANDLE_INVALID", rm_mem_reclaim(h1),
 		  HANDLE_INVALID);
-	expect_eq("MEM_RECLAIM of a handle never given: HANDLE_INVALID", reclaim(0x4242),
+	expect_eq("MEM_RECLAIM of a handle never given: HANDLE_INVALID", rm_mem_reclaim(0x4242),
 		  HANDLE_INVALID);
 	expect_eq("MEM_LEND to an unknown VMID: ARGUMENT_INVALID (an invalid ACL entry)",
 		  mem_request(RM_MEM_LEND, (u16[]){ 0x7d }, 1, TEST_PAGES, 1, 0, &h2),
@@ -126,7 +106,7 @@ void payload_main(u64 dtb)
 	/* 30 ranges: 20 + 8 + 480 bytes = 3 fragments of a request. */
 	err = mem_request(RM_MEM_SHARE, acl_share, 2, TEST_PAGES, 30, 0, &h2);
 	ok(err == 0 && rep_len == 4, "MEM_SHARE of 30 ranges (a fragmented request): one reply");
-	expect_eq("...and it reclaims", reclaim(h2), 0);
+	expect_eq("...and it reclaims", rm_mem_reclaim(h2), 0);
 
 	/* MEM_LEND with the APPEND flag, completed by MEM_APPEND with END. */
 	err = mem_request(RM_MEM_LEND, acl_a, 1, TEST_PAGES, 2, 1u << 1, &h3);
@@ -141,7 +121,7 @@ void payload_main(u64 dtb)
 									  &rep_len), 0);
 	expect_eq("MEM_APPEND to a completed parcel is refused", rm_call(RM_MEM_APPEND, req, 28, rep,
 									     &rep_len) != 0, 1);
-	expect_eq("...and it reclaims", reclaim(h3), 0);
+	expect_eq("...and it reclaims", rm_mem_reclaim(h3), 0);
 
 	expect_eq("an unknown message ID: UNIMPLEMENTED", rm_call(0x56000fffu, req, 4, rep,
 								    &rep_len), UNIMPLEMENTED);
@@ -157,8 +137,8 @@ void payload_main(u64 dtb)
 	err = rm_call(RM_VM_GET_VMID, req, v6 ? 4 : 0, rep, &rep_len);
 	ok(err == 0 && get_u16(rep) == 3, "...dropped by the RM, which still answers the next call");
 
-	expect_eq("VM_DEALLOC_VMID of the dynamic VMIDs", vmid_call(RM_VM_DEALLOC_VMID, a) |
-		  vmid_call(RM_VM_DEALLOC_VMID, b), 0);
+	expect_eq("VM_DEALLOC_VMID of the dynamic VMIDs", rm_vmid_call(RM_VM_DEALLOC_VMID, a) |
+		  rm_vmid_call(RM_VM_DEALLOC_VMID, b), 0);
 	ok(rm_rx_interrupts() > 0, "replies arrived with RX interrupts through the GIC");
 	tap_end();
 }
