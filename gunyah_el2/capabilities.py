@@ -39,6 +39,8 @@ CSPACE_SLOTS = 1024
 # Where the host puts the test VMs' images and DTBs for the "vm" conformance suite (RAM that
 # the bare-metal primary payload does not otherwise use), 2 MiB each.
 VM_TEST_MEMORY = (0x5000_0000, 0x5040_0000, 0x5080_0000)
+# ... and for a Linux VM (kernel at 0, DTB at 64 MiB, initramfs at 65 MiB): 128 MiB.
+LINUX_VM_MEMORY = (0x4A00_0000, 128 << 20)
 EMPTY_SLOT_CAPID = 0x30
 
 
@@ -52,6 +54,7 @@ def c_header() -> str:
         "EMPTY_SLOT_CAPID": EMPTY_SLOT_CAPID,
         "VM_A_PA": VM_TEST_MEMORY[0], "VM_B_PA": VM_TEST_MEMORY[1],
         "VM_C_PA": VM_TEST_MEMORY[2],
+        "LINUX_VM_PA": LINUX_VM_MEMORY[0], "LINUX_VM_SIZE": LINUX_VM_MEMORY[1],
     }
     return "".join(f"#define GSIM_{k} {v:#x}ull\n" for k, v in values.items())
 

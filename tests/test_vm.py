@@ -1,4 +1,6 @@
 """Secondary VMs end to end: a VM really runs on a reserved CPU in its own stage-2 space."""
+import re
+
 import pytest
 
 from guest.build import build_payload
@@ -36,43 +38,44 @@ def test_bare_metal_vm_runs_isolated_and_exits(transport, tmp_path, no_leftovers
     assert [c.passed for c in host_cases] == [True]      # the primary got its interrupt
 
 
-LINUX_VM_PA, LINUX_VM_IPA, LINUX_VM_SIZE = 0x4A00_0000, 0x8000_0000, 128 << 20
+LINUX_VM_PA, LINUX_VM_SIZE = capabilities.LINUX_VM_MEMORY
 DTB_OFFSET, INITRD_OFFSET = 64 << 20, 65 << 20
 
 
-def test_debian_linux_boots_as_a_secondary_vm(tmp_path, no_leftovers):
-    """The Debian kernel and a busybox initramfs boot as a 1-vCPU VM to a marker printed by
-    its user space, with its virtual timer and GIC provided by the hypervisor, while the
-    primary keeps running (it waits for the exit interrupt)."""
+def test_debian_linux_boots_as_a_secondary_vm_started_through_the_rm(tmp_path, no_leftovers):
+    """A bare-metal VMM (suite_vmlinux.c) lends 128 MiB holding Debian's kernel, a DTB and an
+    initramfs, and starts the VM through the RM.  The kernel boots as a 1-vCPU VM (virtual
+    GIC and timer from the hypervisor) to a marker printed by its user space and powers off;
+    the primary keeps running and gets VM_EXITED."""
     from pathlib import Path
     from dts.generate import linux_vm_dtb
     from guest import build
+    from gunyah_el2.vm import DEFAULT_IPA_BASE
     initrd = build.build_run_initramfs(build.build_base_initramfs(), tmp_path / "vm.cpio",
                                        command=None, token="vm",
                                        overlays=[Path(build.GUEST_DIR) / "vm"])
-    start = LINUX_VM_IPA + INITRD_OFFSET
+    start = DEFAULT_IPA_BASE + INITRD_OFFSET
     dtb = tmp_path / "vm.dtb"
-    dtb.write_bytes(linux_vm_dtb(LINUX_VM_IPA, LINUX_VM_SIZE,
+    dtb.write_bytes(linux_vm_dtb(DEFAULT_IPA_BASE, LINUX_VM_SIZE,
                                  (start, start + initrd.stat().st_size),
                                  "earlycon=pl011,0x9000000 keep_bootcon quiet nokaslr "
                                  "rdinit=/init panic=-1"))
-
-    def start_vm(hv):
-        hv.vms.create(0x90, [(LINUX_VM_IPA, LINUX_VM_PA, LINUX_VM_SIZE)], entry=LINUX_VM_IPA,
-                      x0=LINUX_VM_IPA + DTB_OFFSET)
-        hv.vms.on_exit = lambda vm: hv.raise_spi(capabilities.RM_RX.spi)
-
-    result = run(RunOptions(kernel=build_payload("suite_vmhost_wait"), bare_metal=True,
-                            vm_cpus=1, timeout=240, quiet=True, vm_console_dir=tmp_path / "vms",
+    log = tmp_path / "console.log"
+    result = run(RunOptions(kernel=build_payload("suite_vmlinux"), bare_metal=True,
+                            vm_cpus=1, timeout=240, quiet=True, console_log=log,
+                            vm_console_dir=tmp_path / "vms",
                             extra_loads=[(build.default_kernel(), LINUX_VM_PA),
                                          (dtb, LINUX_VM_PA + DTB_OFFSET),
-                                         (initrd, LINUX_VM_PA + INITRD_OFFSET)],
-                            on_hypervisor=start_vm))
+                                         (initrd, LINUX_VM_PA + INITRD_OFFSET)]))
     assert result.ok, result.failure_report()
-    console = (tmp_path / "vms" / "vm144.log").read_text()
+    vm_logs = list((tmp_path / "vms").glob("vm*.log"))
+    assert len(vm_logs) == 1
+    console = vm_logs[0].read_text()
     assert "GSIM-VM-LINUX-BOOTED" in console, console[-3000:]
-    assert "reboot: Power down" in console
+    assert "Booting Linux on physical CPU 0x0000000000" in console   # its vCPU's MPIDR
     assert [e["reason"] for e in result.events if e["event"] == "vm_exit"] == ["powered off"]
+    cases, plan, _ = parse_tap(re.sub(r"(?m)^\[vm\d+\] .*\n?", "", log.read_text()))
+    assert plan == len(cases) >= 7 and all(c.passed for c in cases), [c.name for c in cases]
 
 
 def test_two_vcpus_time_slice_one_reserved_cpu(tmp_path, no_leftovers):
