@@ -112,3 +112,19 @@ def test_qemu_start_failure_is_reported(no_leftovers):
     p = gunyah_sim("run", "--cpu", "no-such-cpu", "-q")
     assert p.returncode == 125
     assert "QEMU" in p.stderr
+
+
+def test_interactive_shell(no_leftovers):
+    """--shell hands the console to the user's terminal (here a pexpect pty)."""
+    import pexpect
+    child = pexpect.spawn(CLI[0], [*CLI[1:], "run", "--shell", "--timeout", "120"], cwd=REPO,
+                          encoding="utf-8", timeout=120)
+    try:
+        child.expect(r"[#$] ")
+        child.sendline("echo shell-$((6*7))")
+        child.expect("shell-42")
+        child.sendline("poweroff -f")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
