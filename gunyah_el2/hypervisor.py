@@ -110,8 +110,16 @@ class Hypervisor:
     def handle_exit(self, exit: VcpuExit) -> Reply:
         """A trap of the primary VM or of a VM's vCPU (by which CPU it came from)."""
         if self.vms.owns(exit.cpu):
-            return self.vms.handle_exit(exit)
+            return self._vm_guarded(self.vms.handle_exit, exit)
         return self.dispatch_call(exit)
+
+    def _vm_guarded(self, handler, exit: VcpuExit) -> Reply:
+        """A bug in handling a VM's exit stops that VM, never the service or the primary."""
+        try:
+            return handler(exit)
+        except Exception:
+            log.exception("cpu%d: handling a VM exit failed; stopping that VM", exit.cpu)
+            return self.vms.fail(exit)
 
     def handle_idle(self, exit: VcpuExit) -> Reply | None:
         """A reserved CPU waits for work; None leaves it waiting (see take_replies)."""
@@ -119,7 +127,7 @@ class Hypervisor:
 
     def handle_irq(self, exit: VcpuExit) -> Reply:
         """A physical interrupt taken to EL2 on a CPU running a VM (the hypervisor's kick)."""
-        return self.vms.handle_irq(exit)
+        return self._vm_guarded(self.vms.handle_irq, exit)
 
     def take_replies(self) -> list[tuple[int, Reply]]:
         """Answers for CPUs left waiting earlier (a VM was started for them meanwhile)."""

@@ -288,6 +288,15 @@ class VmManager:
             self.preempting.add(victim)
             self.kick(victim.cpu)
 
+    def fail(self, exit_: VcpuExit) -> Reply:
+        """After an internal error on this CPU: stop its VM and send the CPU back to idle."""
+        vcpu = self.running.get(exit_.cpu)
+        if vcpu is None:
+            return Reply(x=list(exit_.x), pc=exit_.elr, actions=[ReturnToIdle()])
+        reply = self._leave(exit_, vcpu)
+        self.stop(vcpu.vm.vmid, "internal error in the hypervisor")
+        return reply
+
     def kick(self, cpu: int) -> None:
         """Make the vCPU on `cpu` trap: with the current call's reply, or right away."""
         if not self.hv.add_call_action(Kick(cpu)):

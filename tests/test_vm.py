@@ -101,3 +101,4 @@ def test_two_vcpus_time_slice_one_reserved_cpu(tmp_path, no_leftovers):
     assert plan == len(cases) and all(c.passed for c in cases), [c.name for c in cases]
     assert any("second vCPU ran" in c.name for c in cases)
     assert any(e["event"] == "vcpu_preempted" and e["vcpu"] == 0 for e in result.events)
+
