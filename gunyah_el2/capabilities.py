@@ -82,6 +82,14 @@ class PrimaryVm:
                                   tracer=hv.tracer)
         self.rm_sink = self.rm.receive      # what arrives on rm-tx; None: no RM attached
 
+    def grant(self, obj, first: int = 0x100) -> int:
+        """Put a capability to `obj` in a free slot of the primary's cspace; its capability ID."""
+        for capid in range(first, CSPACE_SLOTS):
+            if capid not in self.cspace:
+                self.cspace[capid] = obj
+                return capid
+        raise MemoryError("the primary VM's cspace is full")
+
     def _to_primary(self, message: bytes) -> bool:
         """The RM's send: one message into rm-rx, as the RM sends (no push); False if full."""
         if self.rm_rx.full:

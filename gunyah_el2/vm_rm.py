@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import fdt
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
     from .hypervisor import Hypervisor
 
 log = logging.getLogger("gunyah_sim.vm")
+
+RESOURCE_VCPU = 4               # GET_HYP_RESOURCES entry type (docs/rm.md)
+
+
+@dataclass(frozen=True)
+class VcpuCap:
+    """A capability to a VM's vCPU.  (No vCPU hypercall is implemented yet: the v6 flow has
+    the hypervisor schedule vCPUs itself; v17's vcpu_run would take this capability.)"""
+    vcpu: object
 
 
 def _parcel_bytes(hv: "Hypervisor", ranges: list[tuple[int, int]], offset: int, size: int) -> bytes:
@@ -107,6 +117,22 @@ def attach(hv: "Hypervisor") -> None:
         if parcel.trans_type != m.TRANS_SHARE:
             vms.primary_map(parcel.ranges)
 
+    def hyp_resources(vm) -> list:
+        """GET_HYP_RESOURCES: the VM's vCPUs, as capabilities the primary VM holds."""
+        runtime = vms.vms.get(vm.vmid)
+        if runtime is None:
+            return []
+        entries = []
+        for vcpu in runtime.vcpus:
+            capid = vcpu_caps.get(vcpu)
+            if capid is None:
+                capid = vcpu_caps[vcpu] = hv.primary.grant(VcpuCap(vcpu))
+            entries.append(m.HypResource(type=RESOURCE_VCPU, partner_vmid=vm.vmid,
+                                         resource_handle=vcpu.index, cap_id=capid))
+        return entries
+
+    vcpu_caps: dict = {}
+    hooks.hyp_resources = hyp_resources
     hooks.on_vm_start = on_vm_start
     hooks.on_vm_stop = on_vm_stop
     hooks.on_lend = isolate

@@ -104,3 +104,27 @@ def test_vgic_set_clear_pairs_and_handshakes():
     assert g.read(GICR_BASE + 0x2_0000 + 0x8, 8) == (1 << 32) | (1 << 8) | 0x10
     g.write(GICD_BASE + 0x6000 + 8 * 40, 8, 0x1_0000_0001)
     assert g.read(GICD_BASE + 0x6000 + 8 * 40, 8) == 0x1_0000_0001
+
+
+def test_get_hyp_resources_lists_the_vms_vcpus_as_primary_capabilities():
+    from gunyah_el2 import vm_rm
+    from gunyah_el2.rm import messages as m
+    hv = make_hv()
+    vm_rm.attach(hv)
+    hv.vms.create(0x80, [(0x8000_0000, VM_PA, 0x20_0000)], entry=0x8000_0000, x0=0, ncpus=2)
+    state = hv.primary.rm.state
+    state.vms[0x80] = type("Vm", (), {"vmid": 0x80, "owner": 3})()
+    entries = state.hooks.hyp_resources(state.vms[0x80])
+    assert [(e.type, e.partner_vmid, e.resource_handle) for e in entries] == [
+        (vm_rm.RESOURCE_VCPU, 0x80, 0), (vm_rm.RESOURCE_VCPU, 0x80, 1)]
+    caps = [hv.primary.cspace[e.cap_id] for e in entries]
+    assert all(isinstance(c, vm_rm.VcpuCap) for c in caps)
+    assert [e.cap_id for e in state.hooks.hyp_resources(state.vms[0x80])] == \
+        [e.cap_id for e in entries]                              # stable across calls
+    # a vCPU capability is the wrong object for a message-queue call
+    from gunyah_el2.backend import EC_HVC64, VcpuExit
+    from gunyah_el2.errors import GunyahError
+    trap = VcpuExit(cpu=0, esr=EC_HVC64 << 26, elr=0x4040_0000, spsr=0x3C5,
+                    x=(0xC600801B, entries[0].cap_id, 1, 0x4100_0000, 0) + (0,) * 26)
+    assert hv.handle_exit(trap).x[0] == GunyahError.CSPACE_WRONG_OBJ_TYPE
+    assert len(m.HypResourcesReply(tuple(entries)).encode()) == 4 + 44 * 2

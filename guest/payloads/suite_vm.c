@@ -72,6 +72,14 @@ void payload_main(u64 dtb)
 	expect_eq("VM_START of VM A (1 vCPU)", rm_vmid_call(RM_VM_START, a.rm.vmid), 0);
 	expect_eq("VM_START of VM B (2 vCPUs)", rm_vmid_call(RM_VM_START, b.rm.vmid), 0);
 	expect_eq("VM_START again is refused (wrong state)", rm_vmid_call(RM_VM_START, a.rm.vmid) != 0, 1);
+	static unsigned char res[256];
+	u32 res_len = 0;
+	memset(req, 0, 4);
+	put_u16(req, b.rm.vmid);
+	err = rm_call(0x56000020u, req, 4, res, &res_len);     /* VM_GET_HYP_RESOURCES */
+	ok(err == 0 && res_len == 4 + 2 * 44 && get_u32(res) == 2 && res[4] == 4 && res[48] == 4 &&
+	   get_u16(res + 6) == b.rm.vmid,
+	   "VM_GET_HYP_RESOURCES of VM B: its two vCPUs, as capabilities");
 
 	u64 before = faults;
 	u32 v = *(volatile u32 *)(a.rm.pa + 0x1000);
