@@ -254,17 +254,18 @@ class VmManager:
         while self.runnable and self.idle:
             cpu = min(self.idle)
             self.idle.discard(cpu)
-            vcpu = self.runnable.pop(0)
-            vcpu.state, vcpu.cpu = "running", cpu
-            self.running[cpu] = vcpu
-            vcpu.since = time.monotonic()
-            fresh = {"ich_hcr_el2": 1}
-            if vcpu.el1 is None:                   # a vCPU's first run: a clean GIC/timer
-                fresh.update({"ich_vmcr_el2": 0, "ich_lr0_el2": 0, "cntv_ctl_el0": 0})
-            reply = Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=vcpu.spsr,
-                          actions=[PrepareKick(), EnterVcpu(vcpu.context()), WriteEl1(fresh)])
-            self.outbox.append((cpu, reply))
-            log.info("vm%d vcpu%d runs on cpu%d at %#x", vcpu.vm.vmid, vcpu.index, cpu, vcpu.pc)
+            self.outbox.append((cpu, self._assign(self.runnable.pop(0), cpu)))
+
+    def _assign(self, vcpu: Vcpu, cpu: int) -> Reply:
+        """The reply that makes physical CPU `cpu` run `vcpu`."""
+        vcpu.state, vcpu.cpu, vcpu.since = "running", cpu, time.monotonic()
+        self.running[cpu] = vcpu
+        fresh = {"ich_hcr_el2": 1}
+        if vcpu.el1 is None:                   # a vCPU's first run: a clean GIC and timer
+            fresh.update({"ich_vmcr_el2": 0, "ich_lr0_el2": 0, "cntv_ctl_el0": 0})
+        log.info("vm%d vcpu%d runs on cpu%d at %#x", vcpu.vm.vmid, vcpu.index, cpu, vcpu.pc)
+        return Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=vcpu.spsr,
+                     actions=[PrepareKick(), EnterVcpu(vcpu.context()), WriteEl1(fresh)])
 
     def handle_idle(self, exit_: VcpuExit) -> Reply | None:
         """A reserved CPU asks for work: answer now if a vCPU waits, else leave it parked."""

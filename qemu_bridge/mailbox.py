@@ -64,6 +64,7 @@ BOOT_CONTEXT = 0x508
 BOOT_RESERVED_MASK = 0x510   # CPU 0 only: CPUs the shim starts, parked, for the hypervisor
 BOOT_VTTBR = 0x518           # non-zero: the primary VM runs under this stage-2 table ...
 BOOT_VTCR = 0x520            # ... with this VTCR_EL2 (set when VMs can run: isolation)
+BOOT_GICR_FRAME = 0x528      # reserved CPUs: their GIC redistributor, woken at start
 # --- EL1 context block: what OP_LOAD_EL1 loads when a CPU switches to a VM's vCPU -----------
 EL1_CONTEXT = 0x600
 EL1_CONTEXT_REGS = ("sctlr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "mair_el1", "amair_el1",
@@ -98,7 +99,7 @@ _LAYOUT_NAMES = (
     "RAM_BASE SHIM_BASE MAILBOX_BASE PAYLOAD_PARAMS MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "
     "SEQ_REQ SEQ_ACK KIND ESR ELR SPSR FAR HPFAR X0 TTBR0_EL1 TTBR1_EL1 TCR_EL1 SCTLR_EL1 MPIDR "
     "VBAR_EL1 R_X0 R_ELR R_SPSR NCMDS CMDS CMD_SIZE MAX_CMDS BOOT_ENTRY BOOT_CONTEXT "
-    "BOOT_RESERVED_MASK BOOT_VTTBR BOOT_VTCR EL1_CONTEXT KIND_SYNC KIND_UNEXPECTED KIND_IDLE KIND_IRQ "
+    "BOOT_RESERVED_MASK BOOT_VTTBR BOOT_VTCR BOOT_GICR_FRAME EL1_CONTEXT KIND_SYNC KIND_UNEXPECTED KIND_IDLE KIND_IRQ "
     "OP_SMC OP_WRITE32 OP_WRITE64 OP_MSR OP_LOAD_EL1 OP_TLBI_VM OP_IDLE IRQ_INTID"
 ).split()
 

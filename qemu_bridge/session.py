@@ -250,12 +250,17 @@ class ServiceThread(threading.Thread):
                         self.parked[exit_.cpu] = (seq, exit_)
                         self.transport.park(exit_.cpu)
                         continue
+                    # It may already sleep in WFI (it spins only briefly): wake it too.
+                    self.backend.kick_async(exit_.cpu)
                 else:
                     reply = self.hv.handle_exit(exit_)
-                self.transport.reply(exit_.cpu, self.backend.encode(reply, exit_), seq)
-                for cpu, later in self.hv.take_replies():   # work for CPUs that were waiting
+                # Answers for CPUs that were waiting (a VM was started meanwhile) go first;
+                # the kick that wakes them from WFI rides on this CPU's reply.
+                for cpu, later in self.hv.take_replies():
                     pseq, pexit = self.parked.pop(cpu)
                     self.transport.reply(cpu, self.backend.encode(later, pexit), pseq)
+                    reply.actions.append(Kick(cpu))
+                self.transport.reply(exit_.cpu, self.backend.encode(reply, exit_), seq)
                 self.hv.vms.tick()
                 self._raise_async()
         except TransportClosed:
@@ -360,6 +365,9 @@ def run(opts: RunOptions) -> RunResult:
         if reserved:
             transport.write_phys(mailbox.mailbox_address(0) + mailbox.BOOT_RESERVED_MASK,
                                  struct.pack("<Q", sum(1 << c for c in reserved)))
+            for cpu in reserved:
+                transport.write_phys(mailbox.mailbox_address(cpu) + mailbox.BOOT_GICR_FRAME,
+                                     struct.pack("<Q", platform["gicr"] + 0x20000 * cpu))
             hv.vms.configure(reserved, hyp_memory(opts),
                              (mailbox.RAM_BASE, opts.memory_mb << 20))
             backend.primary_stage2 = (hv.vms.primary_s2.vttbr, stage2.VTCR)

@@ -100,7 +100,7 @@ class ShmTransport:
         return self.ram[off:off + size]
 
     def park(self, cpu: int) -> None:
-        """Nothing to do: the CPU spins on its mailbox while the rest runs."""
+        """Nothing to do: the CPU sleeps in WFI until a reply and a kick wake it."""
 
     def write_phys(self, addr: int, data: bytes) -> None:
         off = addr - mailbox.RAM_BASE
@@ -160,28 +160,33 @@ class GdbTransport:
         return (self._stopped_thread or (1, 1))[0], cpu + 1
 
     def park(self, cpu: int) -> None:
-        """Leave this CPU unanswered (spinning on its mailbox) and let the others run."""
+        """Leave this CPU unanswered (asleep in WFI on its mailbox) and let the others run."""
         self.gdb.select_thread(self._thread(cpu), "c")
         self.gdb.cont(self.doorbell + 4)
         self._stopped_thread = None
 
     def reply(self, cpu: int, reply: RawReply, seq: int) -> None:
         base = mailbox.mailbox_address(cpu)
-        running = self._stopped_thread is None          # answering a parked CPU later
-        if running:
+        stopped = self._stopped_thread
+        if stopped is None:                   # QEMU runs: answering a parked CPU later
             self.gdb.interrupt()
             stop = self.gdb.wait_stop(5.0)
-        self.gdb.write_memory(base + mailbox.R_X0, reply.encode())
-        self.gdb.write_memory(base + mailbox.SEQ_ACK, _U64.pack(seq))
-        if running:
+            self._write_reply(base, reply, seq)
             if stop is not None and stop.signal == 5:
-                self._pending_stop = stop            # someone rang meanwhile: wait() takes it
+                self._pending_stop = stop     # someone rang meanwhile: wait() takes it
             else:
                 self.gdb.cont()
             return
-        self.gdb.select_thread(self._stopped_thread, "c")
-        self.gdb.cont(self.doorbell + 4)
-        self._stopped_thread = None
+        self._write_reply(base, reply, seq)
+        if stopped[1] - 1 == cpu:             # the CPU that rang: resume past the doorbell
+            self.gdb.select_thread(stopped, "c")
+            self.gdb.cont(self.doorbell + 4)
+            self._stopped_thread = None
+        # else: a parked CPU answered while another one is stopped; that one resumes QEMU
+
+    def _write_reply(self, base: int, reply: RawReply, seq: int) -> None:
+        self.gdb.write_memory(base + mailbox.R_X0, reply.encode())
+        self.gdb.write_memory(base + mailbox.SEQ_ACK, _U64.pack(seq))
 
     def resume_without_exit(self) -> None:
         """Continue after a stop that was not a doorbell (an interrupt we asked for)."""

@@ -146,6 +146,15 @@ primary_stage2:
 /* A CPU reserved for the hypervisor: set up EL2, then wait for Python to give it a vCPU. */
 reserved_entry:
 	bl	el2_setup
+	/* Its GIC CPU interface, so that Python's kick SPI can wake it from WFI while idle. */
+	ldr	x10, [x9, #MB_BOOT_GICR_FRAME]
+	cbz	x10, 1f
+	str	wzr, [x10, #0x14]		/* GICR_WAKER: ProcessorSleep = 0 */
+1:	mov	x10, #0xff
+	msr	S3_0_C4_C6_0, x10		/* ICC_PMR_EL1 */
+	mov	x10, #1
+	msr	S3_0_C12_C12_7, x10		/* ICC_IGRPEN1_EL1 */
+	isb
 	b	idle_exit
 
 /*
@@ -202,6 +211,8 @@ el1_irq:
 idle_exit:
 	mov	x10, #MB_KIND_IDLE
 record:
+	mov	x12, x10			/* the kind, for the wait below */
+	mov	x13, #0x40000			/* an idle CPU spins this long before it sleeps */
 	str	x10, [x9, #MB_KIND]
 	mrs	x10, esr_el2
 	mrs	x11, elr_el2
@@ -231,8 +242,18 @@ doorbell:				/* the gdb transport's breakpoint sits here */
 	nop
 1:	ldr	x11, [x9, #MB_SEQ_ACK]
 	cmp	x11, x10
+	b.eq	3f
+	cmp	x12, #MB_KIND_IDLE
 	b.ne	1b
-	dmb	ish
+	subs	x13, x13, #1
+	b.hi	1b
+	wfi					/* an idle CPU sleeps until Python kicks it */
+	mrs	x13, S3_0_C12_C12_0		/* ICC_IAR1_EL1: take what woke us */
+	cmp	x13, #1020
+	b.hs	1b
+	msr	S3_0_C12_C12_1, x13		/* ICC_EOIR1_EL1 */
+	b	1b
+3:	dmb	ish
 
 	/* Obey the reply's commands in order.  x20 = 1: go idle instead of returning. */
 	mov	x20, #0
