@@ -69,8 +69,9 @@ def attach(hv: "Hypervisor") -> None:
 
     def on_vm_start(vm) -> None:
         if not vms.reserved:
-            raise RmFailure(RmError.NORESOURCE,
-                            "no CPUs are reserved for VMs (start gunyah-sim with --vm-cpus N)")
+            log.warning("VM_START of VM %d refused (NORESOURCE): no CPUs are reserved for "
+                        "VMs; start gunyah-sim with --vm-cpus N", vm.vmid)
+            raise RmFailure(RmError.NORESOURCE, "no CPUs are reserved for VMs (--vm-cpus N)")
         image = vm.image
         parcel = state.parcels.lookup(image.mem_handle)
         dtb = _parcel_bytes(hv, parcel.ranges, image.dtb_offset, min(image.dtb_size, 1 << 20))
