@@ -69,7 +69,8 @@ class Hypervisor:
         self.primary = PrimaryVm(self)
         self.vms = VmManager(self)
         self._unknown_seen: set[int] = set()
-        self._pending_actions: list = []     # actions of the call being handled (interrupts)
+        self._in_call = False                # a primary VM call is being handled ...
+        self._pending_actions: list = []     # ... and these EL2 actions ride on its reply
 
     # --- notable events, for the session's report ------------------------------------------
     def note_event(self, name: str, **info) -> None:
@@ -99,12 +100,8 @@ class Hypervisor:
 
     def raise_spi(self, spi: int) -> None:
         """Raise an SPI: with the current call's reply if one is in flight, else right away."""
-        if self._in_call:
-            self._pending_actions.append(RaiseSpi(spi))
-        else:
+        if not self.add_call_action(RaiseSpi(spi)):
             self.backend.raise_spi_async(spi)
-
-    _in_call = False
 
     # --- dispatch ----------------------------------------------------------------------------
     def handle_exit(self, exit: VcpuExit) -> Reply:
