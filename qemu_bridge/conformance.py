@@ -9,7 +9,6 @@ Suites of kind "linux" boot the default Linux guest instead and load a test modu
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET

@@ -8,7 +8,6 @@ its value (the Gunyah ones above all), `make Image`.  Everything make prints goe
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os

@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from guest import build  # noqa: E402
-from qemu_bridge import mailbox  # noqa: E402
 from qemu_bridge.console import ready_marker  # noqa: E402
 from qemu_bridge.session import DEFAULT_BOOTARGS, RunOptions, run  # noqa: E402
 

@@ -5,11 +5,9 @@ arrives while the guest runs stops it; an interrupt's stop is T02, a breakpoint'
 mode).  End to end (qemu): gdb-multiarch attaches through the proxy to a paused guest, breaks
 in a kernel function and continues to the command's status; a hang's report has a backtrace.
 """
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 

@@ -4,7 +4,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
