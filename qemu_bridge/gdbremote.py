@@ -160,6 +160,9 @@ class GdbRemote:
             reply = self.read_packet(timeout)
         if reply is None:
             raise GdbError(f"no reply to {payload!r}")
+        if re.fullmatch(rb"[WX][0-9a-fA-F]{2}(;.*)?", reply):
+            # The target exited (QEMU powered off) before it answered: no answer will come.
+            raise GdbClosed(f"the target exited ({reply.decode(errors='replace')})")
         return reply
 
     def check_ok(self, payload: bytes | str) -> None:

@@ -29,6 +29,7 @@ from . import console as con
 from . import exitcodes, mailbox
 from .machine import MachineConfig, QemuError, QemuMachine, make_workdir
 from .qemu_backend import QemuBackend
+from .gdbremote import GdbClosed
 from .transport import GdbTransport, ShmTransport, TransportClosed
 
 log = logging.getLogger("gunyah_sim.session")
@@ -142,7 +143,7 @@ class ServiceThread(threading.Thread):
                 self.transport.reply(exit_.cpu, self.backend.encode(reply, exit_), seq)
                 self.hv.vms.tick()
                 self._raise_async()
-        except TransportClosed:
+        except (TransportClosed, GdbClosed):       # QEMU went away: the run is over
             pass
         except Exception as err:                          # report, do not hang the guest silently
             if self.machine.alive():
