@@ -324,17 +324,16 @@ def test_runner_script_runs_times_out_and_continues(tmp_path):
              tr.TestSpec(4, "exec-1", "exec", ["sh", "-c", "exit 7"], str(tmp_path), 10)]
     script = tmp_path / "runner.sh"
     script.write_text(tr.runner_script("T0K", specs))
-    started = time.monotonic()
     proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "GSIM_TEST_WORK": str(tmp_path / "w")})
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - started < 20
     p = tr.MarkerParser("T0K", specs)
     p.feed("GSIM-INIT-READY-00")
     p.feed_text(proc.stdout)
     r = p.results
     assert p.done and p.dmesg is not None
-    assert r[1].status == "timeout" and r[1].output == "hanging\n" and r[1].duration >= 0.9
+    # killed at its 1 s timeout: it did not run its 67 s to the end
+    assert r[1].status == "timeout" and r[1].output == "hanging\n" and 0.9 <= r[1].duration < 60
     assert r[2].status == "pass" and r[2].output == "out\nerr\n"
     assert r[3].status == "skip" and r[3].output == "no newline\n"
     assert r[4].status == "fail" and r[4].exit_code == 7
