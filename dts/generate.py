@@ -161,7 +161,8 @@ def vm_dtb(ncpus: int, ipa_base: int) -> bytes:
     return tree.to_dtb(version=17)
 
 
-def linux_vm_dtb(mem_base: int, mem_size: int, initrd: tuple[int, int], bootargs: str) -> bytes:
+def linux_vm_dtb(mem_base: int, mem_size: int, initrd: tuple[int, int], bootargs: str,
+                 ncpus: int = 1) -> bytes:
     """A DT for Linux as a secondary VM: one vCPU, its memory, PSCI by HVC, the virtual GICv3
     and timer the hypervisor provides, an initramfs; its console is earlycon on the PL011
     the hypervisor emulates."""
@@ -182,12 +183,13 @@ def linux_vm_dtb(mem_base: int, mem_size: int, initrd: tuple[int, int], bootargs
     cpus = fdt.Node("cpus")
     cpus.append(fdt.PropWords("#address-cells", 1))
     cpus.append(fdt.PropWords("#size-cells", 0))
-    cpu = fdt.Node("cpu@0")
-    cpu.append(fdt.PropStrings("device_type", "cpu"))
-    cpu.append(fdt.PropStrings("compatible", "arm,cortex-a57"))
-    cpu.append(fdt.PropWords("reg", 0))
-    cpu.append(fdt.PropStrings("enable-method", "psci"))
-    cpus.append(cpu)
+    for i in range(ncpus):
+        cpu = fdt.Node(f"cpu@{i}")
+        cpu.append(fdt.PropStrings("device_type", "cpu"))
+        cpu.append(fdt.PropStrings("compatible", "arm,cortex-a57"))
+        cpu.append(fdt.PropWords("reg", i))
+        cpu.append(fdt.PropStrings("enable-method", "psci"))
+        cpus.append(cpu)
     tree.add_item(cpus, "/")
     psci = fdt.Node("psci")
     psci.append(fdt.PropStrings("compatible", "arm,psci-1.0", "arm,psci-0.2"))
@@ -197,7 +199,8 @@ def linux_vm_dtb(mem_base: int, mem_size: int, initrd: tuple[int, int], bootargs
     gic.append(fdt.PropStrings("compatible", "arm,gic-v3"))
     gic.append(fdt.PropWords("#interrupt-cells", 3))
     gic.append(fdt.Property("interrupt-controller"))
-    gic.append(fdt.PropWords("reg", 0, 0x0800_0000, 0, 0x1_0000, 0, 0x080A_0000, 0, 0x2_0000))
+    gic.append(fdt.PropWords("reg", 0, 0x0800_0000, 0, 0x1_0000,
+                             0, 0x080A_0000, 0, 0x2_0000 * ncpus))
     gic.append(fdt.PropWords("phandle", 1))
     tree.add_item(gic, "/")
     timer = fdt.Node("timer")

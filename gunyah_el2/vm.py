@@ -41,7 +41,8 @@ KICK_SPI_BASE = 208          # SPIs 208..215 (INTIDs 240..247), one per possible
 SPSR_EL1H_MASKED = 0x3C5
 SCTLR_EL1_RESET = 0x30D0_0800
 
-EC_DABT_LOW, EC_IABT_LOW, EC_WFX = 0x24, 0x20, 0x01
+EC_DABT_LOW, EC_IABT_LOW, EC_WFX, EC_SYSREG = 0x24, 0x20, 0x01, 0x18
+ICC_SGI1R_EL1 = (3, 0, 12, 11, 5)      # (op0, op1, CRn, CRm, op2): traps with HCR_EL2.IMO
 EC_DABT_CUR, EC_IABT_CUR = 0x25, 0x21
 
 # Where a VM's memory starts in its IPA space unless its DT says otherwise (the v6 sample
@@ -123,6 +124,7 @@ class Vcpu:
     cpu: int | None = None
     el1: dict | None = None       # saved EL1 state of a vCPU that was switched out
     since: float = 0.0            # when it got its CPU (time slicing)
+    pending_sgis: set = field(default_factory=set)     # SGIs sent to it, not yet injected
 
     def context(self) -> dict:
         el1 = self.el1 or {"sctlr_el1": SCTLR_EL1_RESET}
@@ -262,10 +264,13 @@ class VmManager:
         self.running[cpu] = vcpu
         fresh = {"ich_hcr_el2": 1}
         if vcpu.el1 is None:                   # a vCPU's first run: a clean GIC and timer
-            fresh.update({"ich_vmcr_el2": 0, "ich_lr0_el2": 0, "cntv_ctl_el0": 0})
+            fresh.update({"ich_vmcr_el2": 0, "ich_lr0_el2": 0, "ich_lr1_el2": 0,
+                          "ich_lr2_el2": 0, "ich_lr3_el2": 0, "cntv_ctl_el0": 0})
+        actions = [PrepareKick(), EnterVcpu(vcpu.context()), WriteEl1(fresh)]
+        if vcpu.pending_sgis:                  # sent while it waited for a CPU: they go in on
+            actions.append(Kick(cpu))          # its first IRQ exit
         log.info("vm%d vcpu%d runs on cpu%d at %#x", vcpu.vm.vmid, vcpu.index, cpu, vcpu.pc)
-        return Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=vcpu.spsr,
-                     actions=[PrepareKick(), EnterVcpu(vcpu.context()), WriteEl1(fresh)])
+        return Reply(x=list(vcpu.regs), pc=vcpu.pc, spsr=vcpu.spsr, actions=actions)
 
     def handle_idle(self, exit_: VcpuExit) -> Reply | None:
         """A reserved CPU asks for work: answer now if a vCPU waits, else leave it parked."""
@@ -323,12 +328,18 @@ class VmManager:
                 self._make_runnable(vcpu)          # to the back of the queue
                 return reply
         reply = Reply(x=list(exit_.x), pc=exit_.elr)
+        values = {}
         if exit_.intid == VTIMER_INTID:
             # Mask the timer until the guest reprograms it (Linux clears IMASK when it sets the
             # next event), and hand the guest a virtual timer interrupt through a list register.
-            values = {"cntv_ctl_el0": CNTV_ENABLE | CNTV_IMASK}
+            values["cntv_ctl_el0"] = CNTV_ENABLE | CNTV_IMASK
             if vcpu.vm.vgic.ppi_enabled(vcpu.index, VTIMER_INTID):
                 values["ich_lr0_el2"] = LR_PENDING | LR_GROUP1 | (0xA0 << 48) | VTIMER_INTID
+        if vcpu.pending_sgis:
+            free = (exit_.el1 or {}).get("ich_elrsr_el2", 0)
+            if self._inject_sgis(vcpu, free, values):
+                reply.actions.append(Kick(exit_.cpu))      # no free list register: try again
+        if values:
             reply.actions.append(WriteEl1(values))
         return reply
 
@@ -359,6 +370,8 @@ class VmManager:
             return self._data_abort(exit_, vcpu)
         if ec == EC_WFX:
             return Reply(x=list(exit_.x), pc=exit_.elr + 4)
+        if ec == EC_SYSREG:
+            return self._sysreg(exit_, vcpu)
         if ec == EC_IABT_LOW:
             return self._inject_abort(exit_, EC_IABT_CUR, "instruction abort outside its memory")
         log.error("vm%d: unhandled exit EC %#x at %#x: stopping the VM", vm.vmid, ec, exit_.elr)
@@ -402,6 +415,40 @@ class VmManager:
             x[0] = SMCCC_NOT_SUPPORTED & MASK64
         self.hv.tracer.call(exit_, f"vm{vm.vmid}_call", {"fid": fid}, {"x0": x[0]}, started)
         return reply
+
+    def _sysreg(self, exit_: VcpuExit, vcpu: Vcpu) -> Reply:
+        """A trapped system-register access: SGIs the vCPU sends; anything else reads 0."""
+        iss = exit_.esr & 0x1FF_FFFF
+        op0, op2, op1 = (iss >> 20) & 3, (iss >> 17) & 7, (iss >> 14) & 7
+        crn, rt, crm, read = (iss >> 10) & 0xF, (iss >> 5) & 0x1F, (iss >> 1) & 0xF, iss & 1
+        x = list(exit_.x)
+        reply = Reply(x=x, pc=exit_.elr + 4)
+        if (op0, op1, crn, crm, op2) == ICC_SGI1R_EL1 and not read:
+            value = 0 if rt == 31 else exit_.x[rt]
+            intid, aff1 = (value >> 24) & 0xF, (value >> 16) & 0xFF
+            if value >> 40 & 1:                     # IRM: every vCPU but the sender
+                targets = [v for v in vcpu.vm.vcpus if v is not vcpu]
+            else:
+                targets = [v for v in vcpu.vm.vcpus
+                           if aff1 == 0 and value >> v.index & 1]
+            for target in targets:
+                target.pending_sgis.add(intid)
+                if target.state == "running":       # it takes them on its next IRQ exit
+                    reply.actions.append(Kick(target.cpu))
+        elif read and rt != 31:
+            x[rt] = 0
+        return reply
+
+    def _inject_sgis(self, vcpu: Vcpu, free_lrs: int, values: dict) -> bool:
+        """Put pending SGIs into free list registers 1..3; True if some are still pending."""
+        for lr in (1, 2, 3):
+            if not vcpu.pending_sgis:
+                break
+            if free_lrs >> lr & 1:
+                intid = min(vcpu.pending_sgis)
+                vcpu.pending_sgis.discard(intid)
+                values[f"ich_lr{lr}_el2"] = LR_PENDING | LR_GROUP1 | (0xA0 << 48) | intid
+        return bool(vcpu.pending_sgis)
 
     def _cpu_on(self, vm: VmRuntime, target: int, entry: int, context: int) -> int:
         if target >= len(vm.vcpus):

@@ -71,9 +71,9 @@ EL1_CONTEXT_REGS = ("sctlr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "mair_el1"
                     "vbar_el1", "cpacr_el1", "contextidr_el1", "tpidr_el1", "tpidr_el0",
                     "tpidrro_el0", "sp_el0", "sp_el1", "elr_el1", "spsr_el1", "cntkctl_el1",
                     "cntv_cval_el0", "cntv_ctl_el0", "vmpidr_el2", "hcr_el2", "vttbr_el2",
-                    "vtcr_el2")
+                    "vtcr_el2", "ich_elrsr_el2")      # the last one is only saved (read-only)
 # The part of it the shim saves on an IRQ exit (the vCPU's own state, not the VM's EL2 set-up).
-EL1_SAVED_REGS = EL1_CONTEXT_REGS[:19]
+EL1_SAVED_REGS = EL1_CONTEXT_REGS[:19] + ("ich_elrsr_el2",)
 
 # Exit kinds.
 KIND_SYNC = 1            # synchronous exception from EL1 (HVC, trapped SMC, stage-2 fault...)
@@ -93,7 +93,8 @@ OP_IDLE = 7      # after the commands, do not return: record an IDLE exit and wa
 # Registers the shim has an ``msr`` gadget for, in gadget-table order.
 MSR_REGISTERS = ("hcr_el2", "vttbr_el2", "vtcr_el2", "cnthctl_el2", "esr_el1", "far_el1",
                  "elr_el1", "spsr_el1", "icc_pmr_el1", "icc_igrpen1_el1", "ich_hcr_el2",
-                 "ich_vmcr_el2", "ich_lr0_el2", "ich_lr1_el2", "cntv_ctl_el0")
+                 "ich_vmcr_el2", "ich_lr0_el2", "ich_lr1_el2", "cntv_ctl_el0", "ich_lr2_el2",
+                 "ich_lr3_el2")
 
 _LAYOUT_NAMES = (
     "RAM_BASE SHIM_BASE MAILBOX_BASE PAYLOAD_PARAMS MAILBOX_SIZE MAX_CPUS RESERVED_END GUEST_LOAD_ADDR "

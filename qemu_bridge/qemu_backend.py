@@ -53,9 +53,10 @@ class QemuBackend:
 
     def saved_el1(self, cpu: int) -> dict:
         """The EL1 state the shim saved into the CPU's context block on its IRQ exit."""
-        n = len(mailbox.EL1_SAVED_REGS)
+        n = len(mailbox.EL1_CONTEXT_REGS)
         raw = self.transport.read_phys(mailbox.mailbox_address(cpu) + mailbox.EL1_CONTEXT, 8 * n)
-        return dict(zip(mailbox.EL1_SAVED_REGS, struct.unpack(f"<{n}Q", raw)))
+        block = dict(zip(mailbox.EL1_CONTEXT_REGS, struct.unpack(f"<{n}Q", raw)))
+        return {reg: block[reg] for reg in mailbox.EL1_SAVED_REGS}
 
     def kick_writes(self, cpu: int) -> list[tuple[int, int]]:
         """32-bit GICD writes that route CPU `cpu`'s kick SPI to it, enable it, raise it."""
@@ -101,7 +102,7 @@ class QemuBackend:
                 commands.append((mailbox.OP_WRITE32, addr, bit))
             elif isinstance(action, EnterVcpu):
                 block = struct.pack(f"<{len(mailbox.EL1_CONTEXT_REGS)}Q",
-                                    *[action.context[r] for r in mailbox.EL1_CONTEXT_REGS])
+                                    *[action.context.get(r, 0) for r in mailbox.EL1_CONTEXT_REGS])
                 self.transport.write_phys(mailbox.mailbox_address(exit_.cpu)
                                           + mailbox.EL1_CONTEXT, block)
                 commands.append((mailbox.OP_LOAD_EL1, 0, 0))

@@ -42,11 +42,13 @@ LINUX_VM_PA, LINUX_VM_SIZE = capabilities.LINUX_VM_MEMORY
 DTB_OFFSET, INITRD_OFFSET = 64 << 20, 65 << 20
 
 
-def test_debian_linux_boots_as_a_secondary_vm_started_through_the_rm(tmp_path, no_leftovers):
+@pytest.mark.parametrize("ncpus", [1, 2])
+def test_debian_linux_boots_as_a_secondary_vm_started_through_the_rm(ncpus, tmp_path,
+                                                                      no_leftovers):
     """A bare-metal VMM (suite_vmlinux.c) lends 128 MiB holding Debian's kernel, a DTB and an
-    initramfs, and starts the VM through the RM.  The kernel boots as a 1-vCPU VM (virtual
-    GIC and timer from the hypervisor) to a marker printed by its user space and powers off;
-    the primary keeps running and gets VM_EXITED."""
+    initramfs, and starts the VM through the RM.  The kernel boots as a VM (virtual GIC,
+    timer and, with 2 vCPUs, SGIs between them, from the hypervisor) to a marker printed by
+    its user space and powers off; the primary keeps running and gets VM_EXITED."""
     from pathlib import Path
     from dts.generate import linux_vm_dtb
     from guest import build
@@ -59,10 +61,10 @@ def test_debian_linux_boots_as_a_secondary_vm_started_through_the_rm(tmp_path, n
     dtb.write_bytes(linux_vm_dtb(DEFAULT_IPA_BASE, LINUX_VM_SIZE,
                                  (start, start + initrd.stat().st_size),
                                  "earlycon=pl011,0x9000000 keep_bootcon quiet nokaslr "
-                                 "rdinit=/init panic=-1"))
+                                 "rdinit=/init panic=-1", ncpus=ncpus))
     log = tmp_path / "console.log"
     result = run(RunOptions(kernel=build_payload("suite_vmlinux"), bare_metal=True,
-                            vm_cpus=1, timeout=240, quiet=True, console_log=log,
+                            vm_cpus=ncpus, timeout=240, quiet=True, console_log=log,
                             vm_console_dir=tmp_path / "vms",
                             extra_loads=[(build.default_kernel(), LINUX_VM_PA),
                                          (dtb, LINUX_VM_PA + DTB_OFFSET),
@@ -71,7 +73,7 @@ def test_debian_linux_boots_as_a_secondary_vm_started_through_the_rm(tmp_path, n
     vm_logs = list((tmp_path / "vms").glob("vm*.log"))
     assert len(vm_logs) == 1
     console = vm_logs[0].read_text()
-    assert "GSIM-VM-LINUX-BOOTED" in console, console[-3000:]
+    assert f"GSIM-VM-LINUX-BOOTED cpus={ncpus} " in console, console[-3000:]
     assert "Booting Linux on physical CPU 0x0000000000" in console   # its vCPU's MPIDR
     assert [e["reason"] for e in result.events if e["event"] == "vm_exit"] == ["powered off"]
     cases, plan, _ = parse_tap(re.sub(r"(?m)^\[vm\d+\] .*\n?", "", log.read_text()))

@@ -128,3 +128,27 @@ def test_get_hyp_resources_lists_the_vms_vcpus_as_primary_capabilities():
                     x=(0xC600801B, entries[0].cap_id, 1, 0x4100_0000, 0) + (0,) * 26)
     assert hv.handle_exit(trap).x[0] == GunyahError.CSPACE_WRONG_OBJ_TYPE
     assert len(m.HypResourcesReply(tuple(entries)).encode()) == 4 + 44 * 2
+
+
+def test_sgis_between_vcpus_go_through_a_kick_and_a_list_register():
+    from gunyah_el2.vm import Kick
+    hv = make_hv(reserved=(1, 2))
+    hv.vms.create(0x80, [(0x8000_0000, VM_PA, 0x20_0000)], entry=0x8000_0000, x0=0, ncpus=2)
+    hv.handle_idle(idle(1))
+    hv.handle_idle(idle(2))
+    on = VcpuExit(cpu=1, esr=EC_HVC64 << 26, elr=0x8000_0104, spsr=0x3C5,
+                  x=(0xC4000003, 1, 0x8000_2000, 0) + (0,) * 27)
+    assert hv.handle_exit(on).x[0] == 0 and hv.vms.take_outbox()[0][0] == 2
+    # vCPU 0 writes ICC_SGI1R_EL1 = SGI 3 to vCPU 1 (x5); the trap is EC 0x18
+    iss = (3 << 20) | (5 << 17) | (0 << 14) | (12 << 10) | (5 << 5) | (11 << 1)
+    x = [0] * 31
+    x[5] = (3 << 24) | 0b10
+    reply = hv.handle_exit(VcpuExit(cpu=1, esr=(0x18 << 26) | iss, elr=0x8000_3000,
+                                    spsr=0x3C5, x=tuple(x)))
+    assert reply.pc == 0x8000_3004 and Kick(2) in reply.actions
+    # vCPU 1 traps on the kick with list registers 1..3 free: SGI 3 goes into LR1
+    kicked = VcpuExit(cpu=2, esr=0, elr=0x8000_5000, spsr=0x3C5, x=(0,) * 31,
+                      intid=32 + 210, el1={"ich_elrsr_el2": 0b1110})
+    values = next(a.values for a in hv.handle_irq(kicked).actions if isinstance(a, WriteEl1))
+    assert values["ich_lr1_el2"] & 0xFFFF_FFFF == 3 and values["ich_lr1_el2"] >> 62 == 1
+    assert not hv.vms.running[2].pending_sgis

@@ -204,6 +204,8 @@ el1_irq:
 	mrs	x17, \reg
 	str	x17, [x9, #CTX_\reg]
 	.endr
+	mrs	x17, S3_4_C12_C11_5		/* ICH_ELRSR_EL2: which list registers are free */
+	str	x17, [x9, #CTX_ich_elrsr_el2]
 	mov	x10, #MB_KIND_IRQ
 	b	record
 
@@ -323,7 +325,7 @@ cmd_msr:
 	add	x17, x17, x15, lsl #3
 	br	x17
 msr_gadgets:				/* two instructions each, in MSR_REGISTERS order */
-	.irp reg, hcr_el2, vttbr_el2, vtcr_el2, cnthctl_el2, esr_el1, far_el1, elr_el1, spsr_el1, S3_0_C4_C6_0, S3_0_C12_C12_7, S3_4_C12_C11_0, S3_4_C12_C11_7, S3_4_C12_C12_0, S3_4_C12_C12_1, cntv_ctl_el0
+	.irp reg, hcr_el2, vttbr_el2, vtcr_el2, cnthctl_el2, esr_el1, far_el1, elr_el1, spsr_el1, S3_0_C4_C6_0, S3_0_C12_C12_7, S3_4_C12_C11_0, S3_4_C12_C11_7, S3_4_C12_C12_0, S3_4_C12_C12_1, cntv_ctl_el0, S3_4_C12_C12_2, S3_4_C12_C12_3
 	msr	\reg, x16
 	b	msr_done
 	.endr
