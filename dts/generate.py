@@ -131,24 +131,24 @@ def dtb_to_dts(dtb: bytes) -> str:
     return fdt.parse_dtb(dtb).to_dts()
 
 
-def vm_dtb(ncpus: int, ipa_base: int) -> bytes:
-    """A minimal DT for a secondary VM: its CPUs and where its memory starts.
-
-    The RM reads the memory base from the gunyah-vm-config node (as the v6 sample VM's DT
-    gives it) and the vCPU count from /cpus.
-    """
+def _vm_tree(ncpus: int, ipa_base: int, compatible: str, cpu_compatible: str,
+             enable_method: str | None = None) -> fdt.FDT:
+    """What every secondary VM's DT has: its CPUs and, in gunyah-vm-config, where its memory
+    starts (the RM reads the base from there, as the v6 sample VM's DT gives it)."""
     tree = fdt.FDT()
     tree.set_property("#address-cells", 2, "/")
     tree.set_property("#size-cells", 2, "/")
-    tree.set_property("compatible", "gunyah-sim,test-vm", "/")
+    tree.set_property("compatible", compatible, "/")
     cpus = fdt.Node("cpus")
     cpus.append(fdt.PropWords("#address-cells", 1))
     cpus.append(fdt.PropWords("#size-cells", 0))
     for i in range(ncpus):
         cpu = fdt.Node(f"cpu@{i}")
         cpu.append(fdt.PropStrings("device_type", "cpu"))
-        cpu.append(fdt.PropStrings("compatible", "arm,armv8"))
+        cpu.append(fdt.PropStrings("compatible", cpu_compatible))
         cpu.append(fdt.PropWords("reg", i))
+        if enable_method:
+            cpu.append(fdt.PropStrings("enable-method", enable_method))
         cpus.append(cpu)
     tree.add_item(cpus, "/")
     config = fdt.Node("gunyah-vm-config")
@@ -158,18 +158,20 @@ def vm_dtb(ncpus: int, ipa_base: int) -> bytes:
     memory.append(fdt.PropWords("base-address", *_words64(ipa_base)))
     config.append(memory)
     tree.add_item(config, "/")
-    return tree.to_dtb(version=17)
+    return tree
+
+
+def vm_dtb(ncpus: int, ipa_base: int) -> bytes:
+    """A minimal DT for a bare-metal secondary VM: its CPUs and where its memory starts."""
+    return _vm_tree(ncpus, ipa_base, "gunyah-sim,test-vm", "arm,armv8").to_dtb(version=17)
 
 
 def linux_vm_dtb(mem_base: int, mem_size: int, initrd: tuple[int, int], bootargs: str,
                  ncpus: int = 1) -> bytes:
-    """A DT for Linux as a secondary VM: one vCPU, its memory, PSCI by HVC, the virtual GICv3
-    and timer the hypervisor provides, an initramfs; its console is earlycon on the PL011
-    the hypervisor emulates."""
-    tree = fdt.FDT()
-    tree.set_property("#address-cells", 2, "/")
-    tree.set_property("#size-cells", 2, "/")
-    tree.set_property("compatible", "linux,dummy-virt", "/")
+    """A DT for Linux as a secondary VM: its vCPUs, its memory, PSCI by HVC, the virtual
+    GICv3 and timer the hypervisor provides, an initramfs; its console is earlycon on the
+    PL011 the hypervisor emulates."""
+    tree = _vm_tree(ncpus, mem_base, "linux,dummy-virt", "arm,cortex-a57", "psci")
     tree.set_property("interrupt-parent", 1, "/")
     chosen = fdt.Node("chosen")
     chosen.append(fdt.PropStrings("bootargs", bootargs))
@@ -180,17 +182,6 @@ def linux_vm_dtb(mem_base: int, mem_size: int, initrd: tuple[int, int], bootargs
     memory.append(fdt.PropStrings("device_type", "memory"))
     memory.append(fdt.PropWords("reg", *_words64(mem_base), *_words64(mem_size)))
     tree.add_item(memory, "/")
-    cpus = fdt.Node("cpus")
-    cpus.append(fdt.PropWords("#address-cells", 1))
-    cpus.append(fdt.PropWords("#size-cells", 0))
-    for i in range(ncpus):
-        cpu = fdt.Node(f"cpu@{i}")
-        cpu.append(fdt.PropStrings("device_type", "cpu"))
-        cpu.append(fdt.PropStrings("compatible", "arm,cortex-a57"))
-        cpu.append(fdt.PropWords("reg", i))
-        cpu.append(fdt.PropStrings("enable-method", "psci"))
-        cpus.append(cpu)
-    tree.add_item(cpus, "/")
     psci = fdt.Node("psci")
     psci.append(fdt.PropStrings("compatible", "arm,psci-1.0", "arm,psci-0.2"))
     psci.append(fdt.PropStrings("method", "hvc"))
@@ -209,9 +200,4 @@ def linux_vm_dtb(mem_base: int, mem_size: int, initrd: tuple[int, int], bootargs
                                1, 10, 0x104))
     timer.append(fdt.Property("always-on"))
     tree.add_item(timer, "/")
-    config = fdt.Node("gunyah-vm-config")
-    vm_memory = fdt.Node("memory")
-    vm_memory.append(fdt.PropWords("base-address", *_words64(mem_base)))
-    config.append(vm_memory)
-    tree.add_item(config, "/")
     return tree.to_dtb(version=17)
