@@ -48,6 +48,12 @@ class FakeStub:
                 self._send(reply)
 
     def _serve(self):
+        try:
+            self._serve_connection()
+        except OSError:                       # the test closed the connection: done
+            return
+
+    def _serve_connection(self):
         self.conn, _ = self.srv.accept()
         buf = bytearray()
         while True:
