@@ -9,10 +9,14 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gunyah_el2.hypervisor import ABIS, DEFAULT_ABI
 
 from . import exitcodes
+
+if TYPE_CHECKING:
+    from .session import RunOptions
 
 DESCRIPTION = """\
 gunyah-sim runs a real arm64 Linux at EL1 on QEMU's virt machine (GICv3, virtualization=on).

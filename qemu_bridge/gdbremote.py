@@ -280,5 +280,3 @@ class GdbRemote:
         packet = self.read_packet(timeout)
         return None if packet is None else StopReply(packet)
 
-    def halt_reason(self) -> StopReply:
-        return StopReply(self.request("?"))

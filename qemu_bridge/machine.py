@@ -23,7 +23,6 @@ from pathlib import Path
 import pexpect
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from . import mailbox
 from .gdbremote import GdbRemote
 
 log = logging.getLogger("gunyah_sim.qemu")
@@ -212,7 +211,3 @@ def ram_file_prefix(rundir: Path) -> str:
 def make_workdir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR") if os.environ.get("XDG_RUNTIME_DIR") else None
     return Path(tempfile.mkdtemp(prefix="gunyah-sim-", dir=base))
-
-
-def mailbox_offset(cpu: int) -> int:
-    return mailbox.mailbox_address(cpu) - mailbox.RAM_BASE

@@ -188,10 +188,6 @@ class GdbTransport:
         self.gdb.write_memory(base + mailbox.R_X0, reply.encode())
         self.gdb.write_memory(base + mailbox.SEQ_ACK, _U64.pack(seq))
 
-    def resume_without_exit(self) -> None:
-        """Continue after a stop that was not a doorbell (an interrupt we asked for)."""
-        self.gdb.cont()
-
     def write_boot_slot(self, cpu: int, entry: int, context: int) -> None:
         self.gdb.write_memory(mailbox.mailbox_address(cpu) + mailbox.BOOT_ENTRY,
                               struct.pack("<QQ", entry, context))

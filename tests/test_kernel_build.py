@@ -172,13 +172,19 @@ def _git(cwd, *args):
                           text=True).stdout
 
 
-def test_patches_git_am_once_then_skipped(tmp_path):
+def _git_tree(tmp_path):
+    """A one-file git tree with a base commit, to apply patches to."""
     src = tmp_path / "linux"
     src.mkdir()
     _git(src, "init", "-q")
     (src / "a.txt").write_text("one\n")
     _git(src, "add", "a.txt")
     _git(src, "commit", "-qm", "base")
+    return src
+
+
+def test_patches_git_am_once_then_skipped(tmp_path):
+    src = _git_tree(tmp_path)
     (src / "a.txt").write_text("one\ntwo\n")
     _git(src, "commit", "-qam", "second")
     (tmp_path / "series").mkdir()
@@ -195,12 +201,7 @@ def test_patches_git_am_once_then_skipped(tmp_path):
 
 
 def test_patches_failing_git_am_is_aborted(tmp_path):
-    src = tmp_path / "linux"
-    src.mkdir()
-    _git(src, "init", "-q")
-    (src / "a.txt").write_text("one\n")
-    _git(src, "add", "a.txt")
-    _git(src, "commit", "-qm", "base")
+    src = _git_tree(tmp_path)
     bad = tmp_path / "bad.mbox"
     bad.write_text("From 0 Mon Sep 17 00:00:00 2001\nFrom: x <x@x>\nSubject: [PATCH] bad\n\n---\n"
                    "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-nothing like this\n+two\n")
